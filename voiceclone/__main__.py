@@ -1,0 +1,5 @@
+"""`python -m voiceclone` runs the command line."""
+
+from voiceclone.cli import main
+
+main()
