@@ -1,0 +1,141 @@
+"""Where and how the networks run: `--device`, `--dtype`, `--attention`, `--compile`, CPU threads, peak memory.
+
+Rules: `--device auto` is the first CUDA device when one is usable, else the CPU. `--dtype auto` is bfloat16 on a CUDA
+device that supports it, float32 elsewhere (CPU, or a CUDA device without bfloat16). float16 needs CUDA: half
+precision on the CPU is slower than float32 and the reference never runs it there, so it is refused with one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from voiceclone.attention import set_attention_backend
+from voiceclone.errors import DeviceError, UsageError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved execution settings every stage uses."""
+
+    device: torch.device
+    dtype: torch.dtype
+    attention: str
+    compile: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N`; a CUDA device that is not usable raises `DeviceError`."""
+    if name == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        index_text = name.partition(":")[2]
+        if index_text and not index_text.isdigit():
+            raise UsageError(f"--device: {name!r} is not cuda:N with a device number N")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        index = int(index_text) if index_text else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device("cuda", index)
+    raise UsageError(f"--device: unknown device {name!r} (choose auto, cpu, cuda or cuda:N)")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`, `float32`, `bfloat16` or `float16` for `device` (see the module docstring for the rules)."""
+    on_cuda = device.type == "cuda"
+    bf16_ok = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    if name == "auto":
+        return torch.bfloat16 if bf16_ok else torch.float32
+    if name not in DTYPES:
+        raise UsageError(f"--dtype: unknown dtype {name!r} (choose auto, float32, bfloat16 or float16)")
+    if name == "float16" and not on_cuda:
+        raise UsageError("--dtype float16 needs a CUDA device; on the CPU use bfloat16 or float32")
+    if name == "bfloat16" and on_cuda and not bf16_ok:
+        raise DeviceError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+    return DTYPES[name]
+
+
+def resolve_runtime(
+    device: str = "auto", dtype: str = "auto", attention: str = "auto", compile: bool = False
+) -> Runtime:
+    """Resolve and validate the four flags together; selects the process-wide attention backend."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    set_attention_backend(attention, dev, dt)
+    return Runtime(device=dev, dtype=dt, attention=attention, compile=compile)
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Use `threads` intra-op CPU threads (None: leave torch's default); returns the count in effect."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def guarded_compile(fn: Callable, name: str) -> Callable:
+    """`torch.compile(fn)`, falling back to `fn` with one warning line if compiling or the first call fails."""
+    try:
+        compiled = torch.compile(fn, dynamic=True)
+    except Exception as exc:  # compile itself can fail on unsupported platforms
+        _warn_eager(name, exc)
+        return fn
+    state = {"ok": None}
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if state["ok"] is False:
+            return fn(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except Exception as exc:
+            if state["ok"]:
+                raise
+            state["ok"] = False
+            _warn_eager(name, exc)
+            return fn(*args, **kwargs)
+        state["ok"] = True
+        return out
+
+    return call
+
+
+def _warn_eager(name: str, exc: Exception) -> None:
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    print(f"warning: --compile: {name} could not be compiled ({first_line[:160]}); running it eagerly", file=sys.stderr)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA only; the CPU figure is the process lifetime peak RSS)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: max memory allocated since the last reset; CPU: peak resident set size of this process."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a CUDA (or other accelerator) out-of-memory error."""
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def free_cached_memory(device: torch.device) -> None:
+    """Return cached allocator blocks after an out-of-memory error so a smaller retry can fit."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
