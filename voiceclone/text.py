@@ -1,0 +1,284 @@
+"""Text side of the front end: the Qwen2 BPE tokenizer with CosyVoice's specials, prompt assembly, segment splitting
+and a light normaliser."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as _HFTokenizer
+
+from voiceclone.errors import ModelError
+
+# Qwen2's pre-tokenizer pattern (what transformers' Qwen2 converter installs).
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+ENDOFPROMPT = "<|endofprompt|>"
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+# CosyVoice2 `additional_special_tokens`, in registration order (ids follow this order after the base specials).
+COSYVOICE2_SPECIALS = [
+    "<|im_start|>", "<|im_end|>", ENDOFPROMPT, "[breath]", "<strong>", "</strong>", "[noise]", "[laughter]",
+    "[cough]", "[clucking]", "[accent]", "[quick_breath]", "<laughter>", "</laughter>", "[hissing]", "[sigh]",
+    "[vocalized-noise]", "[lipsmack]", "[mn]",
+]  # fmt: skip
+
+# CMU ARPAbet phones in alphabetical order; vowels also carry stress variants 0/1/2.
+_CMU_VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
+_CMU_PHONES = (
+    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split()  # noqa: SIM905
+)
+# Pinyin initials and toned finals of CosyVoice3, in code-point order.
+_PINYIN_UNITS = """
+a ai an ang ao b c ch d e ei en eng f g h i ian in ing iu ià iàn iàng iào iá ián iáng iáo iè ié iòng ióng iù iú
+iā iān iāng iāo iē iě iōng iū iǎ iǎn iǎng iǎo iǒng iǔ j k l m n o ong ou p q r s sh t u uang ue un uo uà uài uàn
+uàng uá uái uán uáng uè ué uì uí uò uó uā uāi uān uāng uē uě uī uō uǎ uǎi uǎn uǎng uǐ uǒ vè w x y z zh à ài àn
+àng ào á ái án áng áo è èi èn èng èr é éi én éng ér ì ìn ìng í ín íng ò òng òu ó óng óu ù ùn ú ún ā āi ān āng āo
+ē ēi ēn ēng ě ěi ěn ěng ěr ī īn īng ō ōng ōu ū ūn ǎ ǎi ǎn ǎng ǎo ǐ ǐn ǐng ǒ ǒng ǒu ǔ ǔn ǘ ǚ ǜ
+""".split()  # noqa: SIM905
+
+
+def _pronunciation_tokens() -> list[str]:
+    """The 260 v3 pronunciation tokens: CMU phones (with stress variants) then pinyin units."""
+    cmu = []
+    for phone in _CMU_PHONES:
+        cmu.append(f"[{phone}]")
+        if phone in _CMU_VOWELS:
+            cmu.extend(f"[{phone}{stress}]" for stress in "012")
+    return cmu + [f"[{unit}]" for unit in _PINYIN_UNITS]
+
+
+COSYVOICE3_SPECIALS = COSYVOICE2_SPECIALS + ["<|endofsystem|>"] + _pronunciation_tokens()
+FAMILY_SPECIALS = {"cosyvoice2": COSYVOICE2_SPECIALS, "cosyvoice3": COSYVOICE3_SPECIALS}
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer equal to CosyVoice's `get_qwen_tokenizer`: no BOS/EOS, specials skipped on decode."""
+
+    def __init__(self, backend: _HFTokenizer):
+        self._backend = backend
+        self.endofprompt_id = backend.token_to_id(ENDOFPROMPT)
+
+    @classmethod
+    def from_dir(cls, blank_en_dir: str | Path, family: str = "cosyvoice3") -> Tokenizer:
+        """Build from `vocab.json` + `merges.txt` + `tokenizer_config.json` of a `CosyVoice-BlankEN` folder."""
+        folder = Path(blank_en_dir)
+        if family not in FAMILY_SPECIALS:
+            raise ModelError(f"unknown tokenizer family {family!r} (expected one of {sorted(FAMILY_SPECIALS)})")
+        paths = {name: folder / name for name in ("vocab.json", "merges.txt", "tokenizer_config.json")}
+        for path in paths.values():
+            if not path.is_file():
+                raise ModelError(f"{path}: tokenizer file missing")
+        try:
+            bpe = models.BPE.from_file(str(paths["vocab.json"]), str(paths["merges.txt"]))
+            config = json.loads(paths["tokenizer_config.json"].read_text(encoding="utf-8"))
+        except Exception as exc:  # any parse failure is a broken model directory
+            raise ModelError(f"{folder}: cannot read tokenizer files: {exc}") from exc
+        backend = _HFTokenizer(bpe)
+        backend.normalizer = normalizers.NFC()
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        backend.decoder = decoders.ByteLevel()
+        base = [entry["content"] for _, entry in sorted(config.get("added_tokens_decoder", {}).items(), key=_id_key)]
+        for content in base + FAMILY_SPECIALS[family]:
+            if backend.token_to_id(content) is None:
+                backend.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+        return cls(backend)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens are recognised anywhere in the raw text."""
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids` with special tokens left out."""
+        return self._backend.decode(list(ids), skip_special_tokens=True)
+
+    def __len__(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+
+def _id_key(item: tuple[str, dict]) -> int:
+    return int(item[0])
+
+
+def assemble_prompt_text(prompt_text: str) -> str:
+    """CosyVoice3 prompt text: the system prompt and `<|endofprompt|>` before the transcript unless already there."""
+    if ENDOFPROMPT in prompt_text:
+        return prompt_text
+    return f"{SYSTEM_PROMPT}{ENDOFPROMPT}{prompt_text}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Segment splitting (the reference's split_paragraph rules)
+
+ZH_MARKS = frozenset("。？！；：、.?!;")
+EN_MARKS = frozenset(".?!;:")
+CLOSING_QUOTES = frozenset('"”')
+TOKEN_MAX_N, TOKEN_MIN_N, MERGE_LEN = 80, 60, 20
+
+
+def contains_chinese(text: str) -> bool:
+    """True when `text` has a CJK unified ideograph (U+4E00..U+9FFF): the reference's zh/en switch."""
+    return any("\u4e00" <= char <= "\u9fff" for char in text)
+
+
+def has_special_markup(text: str) -> bool:
+    """Texts carrying `<|...|>` markup bypass normalisation and splitting, as in the reference."""
+    return "<|" in text and "|>" in text
+
+
+def is_punctuation_only(text: str) -> bool:
+    """True when `text` has only punctuation, symbols or spaces (such segments are dropped)."""
+    return all(unicodedata.category(char)[0] in "PSZ" or char.isspace() for char in text)
+
+
+def split_sentences(text: str, marks: frozenset[str], final_mark: str) -> list[str]:
+    """Cut after every sentence mark, keeping a closing quote (and runs of marks) with their sentence."""
+    if text and text[-1] not in marks:
+        text += final_mark
+    sentences: list[str] = []
+    start = 0
+    for i, char in enumerate(text):
+        if char not in marks:
+            continue
+        end = i + 2 if i + 1 < len(text) and text[i + 1] in CLOSING_QUOTES else i + 1
+        if end <= start:
+            continue
+        piece = text[start:end]
+        if sentences and all(c in marks or c in CLOSING_QUOTES for c in piece):
+            sentences[-1] += piece  # a repeated mark ("?!", "...") stays with its sentence
+        else:
+            sentences.append(piece)
+        start = end
+    return sentences
+
+
+def merge_sentences(sentences: list[str], length: Callable[[str], int]) -> list[str]:
+    """Greedy merge: grow a segment while it is short (<= 60) or the merge stays <= 80; a short tail (< 20) joins
+    the previous segment."""
+    segments: list[str] = []
+    current = ""
+    for sentence in sentences:
+        if length(current + sentence) > TOKEN_MAX_N and length(current) > TOKEN_MIN_N:
+            segments.append(current)
+            current = ""
+        current += sentence
+    if current:
+        if segments and length(current) < MERGE_LEN:
+            segments[-1] += current
+        else:
+            segments.append(current)
+    return segments
+
+
+def split_segments(text: str, tokenizer: Tokenizer) -> list[str]:
+    """Split a long text into synthesis segments: characters measure Chinese text, tokens measure other text.
+
+    Differences from the reference: repeated marks stay with their sentence instead of being dropped, and
+    whitespace-only segments count as punctuation-only. Texts with `<|...|>` markup come back whole.
+    """
+    if not text.strip() or has_special_markup(text):
+        return [text]
+    if contains_chinese(text):
+        sentences = split_sentences(text, ZH_MARKS, "。")
+        segments = merge_sentences(sentences, len)
+    else:
+        sentences = split_sentences(text, EN_MARKS, ".")
+        segments = merge_sentences(sentences, lambda s: len(tokenizer.encode(s)))
+    return [segment for segment in segments if not is_punctuation_only(segment)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Light normalisation (ours; the reference uses wetext / ttsfrd)
+
+_ONES = [
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+]  # fmt: skip
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_SCALES = ["", " thousand", " million", " billion", " trillion"]
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def _below_thousand(n: int) -> str:
+    hundreds, rest = divmod(n, 100)
+    words = []
+    if hundreds:
+        words.append(f"{_ONES[hundreds]} hundred")
+    if rest:
+        if rest < 20:
+            tail = _ONES[rest]
+        else:
+            tens, ones = divmod(rest, 10)
+            tail = _TENS[tens] + (f"-{_ONES[ones]}" if ones else "")
+        words.append(("and " if hundreds else "") + tail)
+    return " ".join(words)
+
+
+def number_to_words(digits: str) -> str:
+    """English words for a run of ASCII digits: "1234" -> "one thousand two hundred and thirty-four".
+
+    Runs longer than 15 digits are read digit by digit.
+    """
+    if len(digits) > 15:
+        return " ".join(_ONES[int(d)] for d in digits)
+    n = int(digits)
+    if n == 0:
+        return "zero"
+    groups = []
+    scale = 0
+    while n:
+        n, group = divmod(n, 1000)
+        if group:
+            groups.append(_below_thousand(group) + _SCALES[scale])
+        scale += 1
+    return " ".join(reversed(groups))
+
+
+def _drop_spaces_between_non_ascii(text: str) -> str:
+    """Keep a space only when both neighbours are non-space ASCII characters (the reference's `replace_blank`)."""
+    out = []
+    for i, char in enumerate(text):
+        if char == " ":
+            before = text[i - 1] if i > 0 else " "
+            after = text[i + 1] if i + 1 < len(text) else " "
+            if not (before.isascii() and before != " " and after.isascii() and after != " "):
+                continue
+        out.append(char)
+    return "".join(out)
+
+
+def _normalize_zh(text: str) -> str:
+    text = text.replace("\n", "").replace("\r", "")
+    text = re.sub(r"[ \t\u3000]+", " ", text).strip()
+    text = _drop_spaces_between_non_ascii(text)
+    text = text.replace("²", "平方").replace("³", "立方")
+    text = re.sub(r"(?<![0-9])\.|\.(?![0-9])", "。", text)  # decimals keep their point
+    text = text.replace(" - ", "，")
+    for bracket in "（）【】`":
+        text = text.replace(bracket, "")
+    text = text.replace("——", " ")
+    return re.sub(r"[，,、]+$", "。", text)
+
+
+def _normalize_en(text: str) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return _DIGIT_RUN.sub(lambda m: number_to_words(m.group()), text)
+
+
+def normalize(text: str) -> str:
+    """Light text normalisation for `--text-frontend`: whitespace, the reference's zh punctuation rules, English
+    digit runs spelled out. Texts with `<|...|>` markup pass unchanged."""
+    if not text or has_special_markup(text):
+        return text
+    return _normalize_zh(text) if contains_chinese(text) else _normalize_en(text)
