@@ -1,0 +1,146 @@
+"""Prompt front end: ONNX speech tokenizer and CAM++ speaker embedding, the flow prompt mel, cached by content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voiceclone.audio import (
+    AudioError,
+    MelConfig,
+    audio_info,
+    kaldi_fbank_cmn,
+    load_mono,
+    matcha_mel,
+    whisper_log_mel,
+)
+from voiceclone.errors import ModelError
+
+MAX_PROMPT_S = 30.0
+SPEECH_TOKENIZER_FILES = ("speech_tokenizer_v3.onnx", "speech_tokenizer_v2.onnx")
+CAMPPLUS_FILE = "campplus.onnx"
+
+
+@dataclass
+class PromptFeatures:
+    """Everything the LM and flow need from one prompt recording (shared between rows: treat as read-only)."""
+
+    speech_tokens: torch.Tensor  # (k,) int64
+    mel: torch.Tensor  # (2k, 80) float32, time-major
+    embedding: torch.Tensor  # (192,) float32, not normalised
+    duration_s: float
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _OnnxModel:
+    """A CPU onnxruntime session opened on first use; inputs and outputs are addressed by position."""
+
+    def __init__(self, path: Path, threads: int):
+        self.path, self.threads = Path(path), threads
+        self._session = None
+
+    def run(self, *inputs: np.ndarray) -> np.ndarray:
+        """Feed `inputs` in the model's input order and return its first output."""
+        if self._session is None:
+            self._session = self._open()
+        names = [node.name for node in self._session.get_inputs()]
+        return self._session.run(None, dict(zip(names, inputs, strict=True)))[0]
+
+    def _open(self):
+        import onnxruntime
+
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: ONNX model file missing")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        try:
+            return onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unloadable files
+            raise ModelError(f"{self.path}: cannot load ONNX model: {exc}") from exc
+
+
+class PromptFrontend:
+    """Prompt wav -> `PromptFeatures` (speech tokens, 2:1-trimmed mel, CAM++ embedding), cached by file content."""
+
+    def __init__(
+        self,
+        speech_tokenizer_onnx: Path,
+        campplus_onnx: Path,
+        mel: MelConfig,
+        token_mel_ratio: int = 2,
+        threads: int | None = None,
+        cache_size: int = 512,
+    ):
+        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        self.speech_tokenizer = _OnnxModel(speech_tokenizer_onnx, threads)
+        self.campplus = _OnnxModel(campplus_onnx, threads)
+        self.mel_config = mel
+        self.token_mel_ratio = token_mel_ratio
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, PromptFeatures] = OrderedDict()
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, mel: MelConfig, **kwargs) -> PromptFrontend:
+        """Use the ONNX files of an official model directory (`speech_tokenizer_v3.onnx`, else v2; `campplus.onnx`)."""
+        model_dir = Path(model_dir)
+        candidates = [model_dir / name for name in SPEECH_TOKENIZER_FILES]
+        tokenizer = next((path for path in candidates if path.is_file()), candidates[0])
+        return cls(tokenizer, model_dir / CAMPPLUS_FILE, mel, **kwargs)
+
+    def extract(self, path: str | Path) -> PromptFeatures:
+        """Features of one prompt file; files with identical bytes are computed once (LRU of `cache_size`)."""
+        path = Path(path)
+        info = audio_info(path)
+        if info.duration_s > MAX_PROMPT_S:
+            raise AudioError(f"{path}: prompt is {info.duration_s:.1f} s long; the limit is {MAX_PROMPT_S:.0f} s")
+        key = file_sha256(path)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        features = self._compute(path, info.duration_s)
+        self._cache[key] = features
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return features
+
+    def _compute(self, path: Path, duration_s: float) -> PromptFeatures:
+        wav16 = load_mono(path, 16000)
+        tokens = self.speech_tokens(wav16)
+        embedding = self.speaker_embedding(wav16)
+        mel = matcha_mel(load_mono(path, self.mel_config.sampling_rate), self.mel_config)[0].T
+        k = min(mel.shape[0] // self.token_mel_ratio, tokens.shape[0])
+        return PromptFeatures(
+            speech_tokens=tokens[:k].clone(),
+            mel=mel[: self.token_mel_ratio * k].contiguous(),
+            embedding=embedding,
+            duration_s=duration_s,
+        )
+
+    def speech_tokens(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """Untrimmed speech tokens (K,) int64 of a 16 kHz wave `(1, N)`."""
+        feats = whisper_log_mel(wav16k, n_mels=128)
+        length = np.array([feats.shape[-1]], dtype=np.int32)
+        out = self.speech_tokenizer.run(feats.numpy().astype(np.float32), length)
+        return torch.from_numpy(np.asarray(out).reshape(-1).astype(np.int64))
+
+    def speaker_embedding(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """CAM++ embedding (192,) float32 of a 16 kHz wave `(1, N)`."""
+        fbank = kaldi_fbank_cmn(wav16k)
+        out = self.campplus.run(fbank.unsqueeze(0).numpy().astype(np.float32))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32).reshape(-1).copy())
