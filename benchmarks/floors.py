@@ -1,0 +1,71 @@
+"""Hardware floors the stage benchmarks are compared against: memory bandwidth and matmul throughput.
+
+Run alone to print both: `python benchmarks/floors.py --dtype float32 --device cpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    """The fastest of `repeats` timed calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def memory_bandwidth(device: torch.device, megabytes: int = 1024, repeats: int = 5) -> float:
+    """Bytes per second moved by a large tensor copy (read + write counted), far bigger than any cache."""
+    n = megabytes * 2**20 // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = best_seconds(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, m: int = 2048, k: int = 1024, n: int = 4096) -> float:
+    """FLOP/s of one (m, k) x (k, n) matmul in `dtype`, the shape class of the flow estimator's projections."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    seconds = best_seconds(lambda: a @ b, device)
+    return 2 * m * k * n / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    result = {
+        "device": str(device),
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "memory_bandwidth_GBps": memory_bandwidth(device) / 1e9,
+        "matmul_GFLOPps": matmul_flops(device, dtype) / 1e9,
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
