@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -100,6 +102,9 @@ def test_write_wav_round_trip(tmp_path, fmt, subtype, atol):
     assert sr == 24000 and back.shape == wav.shape
     np.testing.assert_allclose(back, wav, atol=atol)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_write_wav_pcm16_clips(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +87,7 @@ def resample(wav: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     """Resample with `torchaudio.transforms.Resample` (the reference's resampler, bit for bit)."""
     if orig_sr == target_sr:
         return wav
-    with torch.inference_mode():
+    with torch.no_grad():
         return _resampler(orig_sr, target_sr)(wav)
 
 
@@ -118,7 +118,7 @@ def _hann(size: int) -> torch.Tensor:
 def whisper_log_mel(wav16k: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
     """openai-whisper's log-mel of a 16 kHz wave `(*, N)` -> `(*, n_mels, N // 160)`."""
     n_fft, hop = 400, 160
-    with torch.inference_mode():
+    with torch.no_grad():
         stft = torch.stft(wav16k, n_fft, hop, window=_hann(n_fft), return_complex=True)
         power = stft[..., :-1].abs() ** 2
         mel = _mel_basis(16000, n_fft, n_mels, 0.0, None) @ power
@@ -129,7 +129,7 @@ def whisper_log_mel(wav16k: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
 
 def kaldi_fbank_cmn(wav16k: torch.Tensor) -> torch.Tensor:
     """80-bin Kaldi fbank (dither 0, other Kaldi defaults) of a 16 kHz wave minus its time mean -> `(T, 80)`."""
-    with torch.inference_mode():
+    with torch.no_grad():
         feats = kaldi.fbank(wav16k.reshape(1, -1), num_mel_bins=80, dither=0.0, sample_frequency=16000)
         return feats - feats.mean(dim=0, keepdim=True)
 
@@ -137,7 +137,7 @@ def kaldi_fbank_cmn(wav16k: torch.Tensor) -> torch.Tensor:
 def matcha_mel(wav: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     """Matcha-TTS log-mel (the flow prompt feature) of `(*, N)` at `cfg.sampling_rate` -> `(*, num_mels, T)`."""
     pad = (cfg.n_fft - cfg.hop_size) // 2
-    with torch.inference_mode():
+    with torch.no_grad():
         padded = torch.nn.functional.pad(wav.reshape(-1, 1, wav.shape[-1]), (pad, pad), mode="reflect").squeeze(1)
         spec = torch.stft(
             padded,
@@ -174,7 +174,8 @@ def write_wav(path: str | Path, wav: np.ndarray, sr: int, fmt: str = "pcm16") ->
     frames = frames.T if frames.ndim == 2 else frames
     if fmt == "pcm16":
         frames = np.round(np.clip(frames, -1.0, 1.0) * 32767.0).astype(np.int16)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for a plain open
     try:
         with os.fdopen(fd, "wb") as handle:
             sf.write(handle, frames, sr, format="WAV", subtype=WAV_SUBTYPES[fmt])

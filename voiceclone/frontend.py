@@ -58,6 +58,8 @@ class _OnnxModel:
         if self._session is None:
             self._session = self._open()
         names = [node.name for node in self._session.get_inputs()]
+        if len(names) != len(inputs):
+            raise ModelError(f"{self.path}: expected an ONNX model with {len(inputs)} inputs, found {len(names)}")
         return self._session.run(None, dict(zip(names, inputs, strict=True)))[0]
 
     def _open(self):
