@@ -89,10 +89,16 @@ class Tokenizer:
             ]
         )
         backend.decoder = decoders.ByteLevel()
-        base = [entry["content"] for _, entry in sorted(config.get("added_tokens_decoder", {}).items(), key=_id_key)]
-        for content in base + FAMILY_SPECIALS[family]:
+        declared = {
+            entry["content"]: int(token_id) for token_id, entry in config.get("added_tokens_decoder", {}).items()
+        }
+        for content in sorted(declared, key=declared.get) + FAMILY_SPECIALS[family]:
             if backend.token_to_id(content) is None:
                 backend.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+        for content, token_id in declared.items():
+            actual = backend.token_to_id(content)
+            if actual != token_id:
+                raise ModelError(f"{paths['tokenizer_config.json']}: {content} lands on id {actual}, not {token_id}")
         return cls(backend)
 
     def encode(self, text: str) -> list[int]:
@@ -105,10 +111,6 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return self._backend.get_vocab_size(with_added_tokens=True)
-
-
-def _id_key(item: tuple[str, dict]) -> int:
-    return int(item[0])
 
 
 def assemble_prompt_text(prompt_text: str) -> str:
