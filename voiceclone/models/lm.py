@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-from voiceclone.models.qwen2 import Qwen2Config
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from voiceclone.errors import ModelError
+from voiceclone.models.qwen2 import KVCache, Qwen2, Qwen2Config
+
+OFFICIAL_QWEN_PREFIX = "llm.model.model."
+OFFICIAL_LM_HEAD = "llm.model.lm_head.weight"
+KV_BUCKET = 64  # decode attends to the first multiple of this many cache positions that covers every row
 
 
 @dataclass
@@ -20,6 +32,7 @@ class LMConfig:
     tau_r: float = 0.1
     min_token_text_ratio: float = 2.0
     max_token_text_ratio: float = 20.0
+    decoder_bias: bool = False
 
     @property
     def vocab_out(self) -> int:
@@ -40,3 +53,274 @@ class LMConfig:
     @property
     def fill(self) -> int:
         return self.speech_token_size + 3
+
+    @property
+    def first_stop_id(self) -> int:
+        """Every output id from here to `vocab_out - 1` ends a generation."""
+        return self.speech_token_size
+
+
+@dataclass
+class LMRequest:
+    """One row to generate: target text ids, prompt text ids, prompt speech tokens, seed and length bounds."""
+
+    text_ids: Sequence[int]
+    prompt_text_ids: Sequence[int]
+    prompt_speech_tokens: Sequence[int]
+    seed: int
+    min_len: int
+    max_len: int
+
+
+@dataclass
+class LMResult:
+    """Generated speech tokens (stop id excluded), why generation ended ("eos" | "max_len"), decoder steps run."""
+
+    tokens: list[int]
+    stop_reason: str
+    steps: int
+
+
+@dataclass
+class _Row:
+    """A request occupying a cache slot."""
+
+    index: int
+    request: LMRequest
+    generator: torch.Generator
+    position: int
+    tokens: list[int] = field(default_factory=list)
+    steps: int = 0
+
+
+def nucleus_size(sorted_probs: np.ndarray, top_p: float, top_k: int) -> int:
+    """How many of the descending probabilities the reference keeps.
+
+    It takes tokens while the running float32 sum of those already taken is < top_p and fewer than top_k are taken.
+    """
+    running = np.add.accumulate(sorted_probs[: top_k - 1], dtype=np.float32)
+    below = running < np.float32(top_p)
+    return 1 + (len(below) if below.all() else int(below.argmin()))
+
+
+def ras_sample(
+    sorted_probs: Tensor,
+    sorted_ids: Tensor,
+    scores: Callable[[], Tensor],
+    history: list[int],
+    generator: torch.Generator,
+    config: LMConfig,
+) -> int:
+    """The reference `ras_sampling` for one row, on CPU tensors.
+
+    `sorted_probs`/`sorted_ids` (K,): the top of the stable descending sort of softmax(`scores()`) (V,), the
+    log-probabilities after the stop mask (fetched only when needed). One multinomial draw from the nucleus;
+    if the drawn id occurs >= win_size*tau_r times in the last win_size generated tokens, it is excluded and
+    one draw is made from the full softmax instead.
+    """
+    keep = nucleus_size(sorted_probs.numpy(), config.top_p, config.top_k)
+    drawn = int(sorted_ids[torch.multinomial(sorted_probs[:keep], 1, replacement=True, generator=generator)])
+    if history[-config.win_size :].count(drawn) >= config.win_size * config.tau_r:
+        fallback = scores().to("cpu", copy=True)
+        fallback[drawn] = -float("inf")
+        drawn = int(torch.multinomial(fallback.softmax(dim=0), 1, replacement=True, generator=generator))
+    return drawn
+
+
+def _ids(values: Sequence[int] | Tensor, device: torch.device) -> Tensor:
+    return torch.as_tensor(values, dtype=torch.long).flatten().to(device)
+
+
+def _official_key(name: str) -> str:
+    return OFFICIAL_QWEN_PREFIX + name.removeprefix("llm.") if name.startswith("llm.") else name
+
+
+class CosyVoice3LM(nn.Module):
+    """Qwen2 backbone between a speech-token embedding table and a speech-token output layer."""
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.llm = Qwen2(config.qwen)
+        self.llm_decoder = nn.Linear(config.qwen.hidden_size, config.vocab_out, bias=config.decoder_bias)
+        self.speech_embedding = nn.Embedding(config.vocab_out, config.qwen.hidden_size)
+
+    # ---- checkpoint layout -------------------------------------------------------------------------------------
+
+    def load_official_state_dict(self, sd: dict[str, Tensor]) -> None:
+        """Load llm.pt keys as saved (`llm.model.model.*`, `llm_decoder.*`, `speech_embedding.*`), strictly.
+
+        The tied `llm.model.lm_head.weight` is only shape-checked: it is never computed nor kept.
+        """
+        own = self.state_dict()
+        by_official = {_official_key(name): name for name in own}
+        embed_shape = own["llm.embed_tokens.weight"].shape
+        for key, value in sd.items():
+            if key == OFFICIAL_LM_HEAD:
+                if value.shape != embed_shape:
+                    raise ModelError(f"llm.pt: {key} has shape {tuple(value.shape)}, expected {tuple(embed_shape)}")
+                continue
+            if key not in by_official:
+                raise ModelError(f"llm.pt: unexpected key {key!r}")
+            expected = own[by_official[key]].shape
+            if value.shape != expected:
+                raise ModelError(f"llm.pt: {key} has shape {tuple(value.shape)}, expected {tuple(expected)}")
+        for key in by_official:
+            if key not in sd:
+                raise ModelError(f"llm.pt: missing key {key!r}")
+        self.load_state_dict({name: sd[key] for key, name in by_official.items()}, strict=True)
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        """The llm.pt layout, with `llm.model.lm_head.weight` tied to the text embedding."""
+        out: dict[str, Tensor] = {}
+        for name, value in self.state_dict().items():
+            if not name.startswith("llm.") and OFFICIAL_LM_HEAD not in out:
+                out[OFFICIAL_LM_HEAD] = self.llm.embed_tokens.weight.detach()
+            out[_official_key(name)] = value
+        return out
+
+    # ---- inputs and bounds -------------------------------------------------------------------------------------
+
+    def generation_bounds(self, n_text_tokens: int) -> tuple[int, int]:
+        """(min_len, max_len) of a generation from the number of TARGET text tokens (never the prompt text)."""
+        return (
+            int(n_text_tokens * self.config.min_token_text_ratio),
+            int(n_text_tokens * self.config.max_token_text_ratio),
+        )
+
+    def prefix_embeds(
+        self,
+        text_ids: Sequence[int] | Tensor,
+        prompt_text_ids: Sequence[int] | Tensor,
+        prompt_speech_tokens: Sequence[int] | Tensor,
+    ) -> Tensor:
+        """(L, H): [sos, embed_tokens(prompt_text ++ text), task_id, speech_embedding(prompt_speech_tokens)]."""
+        device = self.speech_embedding.weight.device
+        text = torch.cat([_ids(prompt_text_ids, device), _ids(text_ids, device)])
+        table = self.speech_embedding.weight
+        return torch.cat(
+            [
+                table[self.config.sos][None],
+                self.llm.embed_tokens(text),
+                table[self.config.task_id][None],
+                self.speech_embedding(_ids(prompt_speech_tokens, device)),
+            ]
+        )
+
+    def teacher_forced_logits(self, prefix_embeds: Tensor, tokens: Sequence[int] | Tensor) -> Tensor:
+        """float32 (T+1, vocab_out) logits of one causal pass over prefix (L, H) + tokens (T,).
+
+        Row j predicts token j; the last row predicts the token after them.
+        """
+        device = prefix_embeds.device
+        x = torch.cat([prefix_embeds, self.speech_embedding(_ids(tokens, device))])[None]
+        length = x.shape[1]
+        positions = torch.arange(length, device=device)
+        causal = positions[None, :] <= positions[:, None]
+        hidden = self.llm(x, positions[None], causal[None, None])
+        return self.llm_decoder(hidden[0, prefix_embeds.shape[0] - 1 :]).float()
+
+    # ---- incremental decoding on a slot cache ------------------------------------------------------------------
+
+    def new_cache(self, slots: int, max_seq: int) -> tuple[KVCache, Tensor]:
+        """An empty KV cache of `slots` rows and the boolean (slots, max_seq) map of positions holding valid keys."""
+        weight = self.speech_embedding.weight
+        cache = KVCache(self.config.qwen, slots, max_seq, weight.dtype, weight.device)
+        return cache, torch.zeros(slots, max_seq, dtype=torch.bool, device=weight.device)
+
+    def prefill(self, cache: KVCache, key_mask: Tensor, slots: list[int], prefixes: list[Tensor]) -> Tensor:
+        """Run prefixes (L_i, H) into cache `slots` from position 0.
+
+        Returns float32 logits (n, vocab_out) of each prefix's last position.
+        """
+        device = prefixes[0].device
+        lengths = torch.tensor([p.shape[0] for p in prefixes], device=device)
+        x = nn.utils.rnn.pad_sequence(prefixes, batch_first=True)
+        positions = torch.arange(x.shape[1], device=device)
+        causal = positions[None, :] <= positions[:, None]
+        mask = causal[None] & (positions[None, :] < lengths[:, None])[:, None, :]
+        slot_index = torch.tensor(slots, device=device)
+        hidden = self.llm(x, positions.expand(len(prefixes), -1), mask[:, None], cache, slot_index)
+        key_mask[slot_index] = torch.arange(key_mask.shape[1], device=device)[None, :] < lengths[:, None]
+        last = hidden[torch.arange(len(prefixes), device=device), lengths - 1]
+        return self.llm_decoder(last).float()
+
+    def decode(self, cache: KVCache, key_mask: Tensor, tokens: list[int], positions: list[int]) -> Tensor:
+        """One step for every cache slot: token s at position s; float32 logits (slots, vocab_out)."""
+        device = key_mask.device
+        token_pos = torch.tensor([tokens, positions]).to(device, non_blocking=True)
+        key_mask[cache.all_slots[:, 0], token_pos[1]] = True
+        kv_len = min(cache.max_seq, -(-(max(positions) + 1) // KV_BUCKET) * KV_BUCKET)
+        x = self.speech_embedding(token_pos[0])[:, None]
+        hidden = self.llm(x, token_pos[1][:, None], key_mask[:, None, None, :kv_len], cache)
+        return self.llm_decoder(hidden[:, 0]).float()
+
+    # ---- sampling and the continuous-batching loop -------------------------------------------------------------
+
+    def sample(self, logits: Tensor, rows: Sequence[_Row | None]) -> list[int | None]:
+        """RAS-sample one id per occupied row from float32 logits (slots, vocab_out); None for empty slots."""
+        logp = logits.log_softmax(dim=-1)
+        block = [row is not None and row.steps < row.request.min_len for row in rows]
+        if any(block):
+            blocked = torch.tensor(block).to(logp.device, non_blocking=True)
+            logp[:, self.config.first_stop_id :].masked_fill_(blocked[:, None], -float("inf"))
+        probs, ids = logp.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
+        top = min(self.config.top_k, logp.shape[-1])
+        probs, ids = probs[:, :top].cpu(), ids[:, :top].cpu()
+        out: list[int | None] = []
+        for s, row in enumerate(rows):
+            if row is None:
+                out.append(None)
+                continue
+            scores = partial(logp.select, 0, s)
+            out.append(ras_sample(probs[s], ids[s], scores, row.tokens, row.generator, self.config))
+        return out
+
+    @torch.inference_mode()
+    def generate(self, requests: list[LMRequest], batch_size: int) -> list[LMResult]:
+        """Generate every request with continuous batching on one static cache of `batch_size` slots; request order."""
+        results: list[LMResult | None] = [None] * len(requests)
+        waiting = deque(i for i, r in enumerate(requests) if r.max_len > 0)
+        for i, request in enumerate(requests):
+            if request.max_len <= 0:
+                results[i] = LMResult([], "max_len", 0)
+        if not waiting:
+            return results  # type: ignore[return-value]
+        prefix_lens = [len(r.prompt_text_ids) + len(r.text_ids) + 2 + len(r.prompt_speech_tokens) for r in requests]
+        slots = max(1, min(batch_size, len(waiting)))
+        cache, key_mask = self.new_cache(slots, max(prefix_lens[i] + requests[i].max_len for i in waiting))
+        rows: list[_Row | None] = [None] * slots
+        while waiting or any(rows):
+            logits = None
+            if any(rows):
+                tokens = [row.tokens[-1] if row else 0 for row in rows]
+                logits = self.decode(cache, key_mask, tokens, [row.position if row else 0 for row in rows])
+                for row in rows:
+                    if row:
+                        row.position += 1
+            admitted = [s for s in range(slots) if rows[s] is None][: len(waiting)]
+            if admitted:
+                for s in admitted:
+                    i = waiting.popleft()
+                    generator = torch.Generator().manual_seed(requests[i].seed)
+                    rows[s] = _Row(i, requests[i], generator, position=prefix_lens[i])
+                prefixes = [self._request_prefix(rows[s].request) for s in admitted]
+                fresh = self.prefill(cache, key_mask, admitted, prefixes)
+                if logits is None:
+                    logits = fresh.new_zeros(slots, fresh.shape[-1])
+                logits[admitted] = fresh
+            for s, token in enumerate(self.sample(logits, rows)):
+                row = rows[s]
+                if row is None:
+                    continue
+                row.steps += 1
+                if token >= self.config.first_stop_id:
+                    results[row.index], rows[s] = LMResult(row.tokens, "eos", row.steps), None
+                    continue
+                row.tokens.append(token)
+                if len(row.tokens) >= row.request.max_len:
+                    results[row.index], rows[s] = LMResult(row.tokens, "max_len", row.steps), None
+        return results  # type: ignore[return-value]
+
+    def _request_prefix(self, request: LMRequest) -> Tensor:
+        return self.prefix_embeds(request.text_ids, request.prompt_text_ids, request.prompt_speech_tokens)
