@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 
-from voiceclone.models.dit import DiTConfig
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from voiceclone.errors import ModelError
+from voiceclone.models.dit import DiT, DiTConfig
+
+NOISE_SEED = 0
+ESTIMATOR_PREFIX = "decoder.estimator."
 
 
 @dataclass
@@ -23,3 +33,145 @@ class FlowConfig:
     t_scheduler: str = "cosine"
     noise_frames: int = 15000
     dit: DiTConfig = field(default_factory=DiTConfig)
+
+
+@functools.cache
+def fixed_noise(channels: int, frames: int) -> torch.Tensor:
+    """The reference's `rand_noise` (1, channels, frames): the first normal draw after seeding 0; built once."""
+    generator = torch.Generator().manual_seed(NOISE_SEED)
+    return torch.randn(1, channels, frames, generator=generator)
+
+
+class PreLookaheadLayer(nn.Module):
+    """Conv over each token and its `lookahead` right neighbours, then a causal conv, with a residual."""
+
+    def __init__(self, channels_in: int, channels: int, lookahead: int):
+        super().__init__()
+        self.lookahead = lookahead
+        self.conv1 = nn.Conv1d(channels_in, channels, lookahead + 1)
+        self.conv2 = nn.Conv1d(channels, channels_in, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); the lookahead past the end sees zeros."""
+        h = F.pad(x.transpose(1, 2), (0, self.lookahead))
+        h = F.leaky_relu(self.conv1(h), 0.01)
+        h = self.conv2(F.pad(h, (self.conv2.kernel_size[0] - 1, 0)))
+        return h.transpose(1, 2) + x
+
+
+class Flow(nn.Module):
+    """CausalMaskedDiffWithDiT: speech tokens + prompt mel + speaker embedding -> 80-band log-mel."""
+
+    def __init__(self, config: FlowConfig):
+        super().__init__()
+        self.config = config
+        self.input_embedding = nn.Embedding(config.vocab_size, config.input_size)
+        self.spk_embed_affine_layer = nn.Linear(config.spk_embed_dim, config.output_size)
+        self.pre_lookahead_layer = PreLookaheadLayer(
+            config.input_size, config.pre_lookahead_channels, config.pre_lookahead_len
+        )
+        self.estimator = DiT(config.dit)
+        self.noise = fixed_noise(config.output_size, config.noise_frames)  # plain attribute: never cast
+
+    @torch.inference_mode()
+    def inference(
+        self,
+        tokens: list[torch.Tensor],
+        prompt_tokens: list[torch.Tensor],
+        prompt_feats: list[torch.Tensor],
+        embeddings: torch.Tensor,
+        streaming: bool = False,
+        finalize: bool = True,
+    ) -> list[torch.Tensor]:
+        """Mel (80, ratio * len(tokens_i)) float32 per row, prompt part removed; rows are padded and masked.
+
+        `streaming` uses the DiT chunk attention mask; `finalize=False` keeps each row's last
+        `pre_lookahead_len` tokens as lookahead context only (ratio * (len(tokens_i) - lookahead) frames).
+        """
+        ratio, lookahead = self.config.token_mel_ratio, self.config.pre_lookahead_len
+        weight = self.input_embedding.weight
+        device, dtype = weight.device, weight.dtype
+        for i, (p, t, feat) in enumerate(zip(prompt_tokens, tokens, prompt_feats, strict=True)):
+            if feat.shape[0] != ratio * len(p):
+                raise ValueError(f"row {i}: prompt mel has {feat.shape[0]} frames, expected {ratio * len(p)}")
+            if not finalize and len(t) <= lookahead:
+                raise ValueError(f"row {i}: {len(t)} tokens leave none beside the {lookahead} lookahead tokens")
+        rows = [torch.cat((p, t)).to(device, torch.long) for p, t in zip(prompt_tokens, tokens, strict=True)]
+        lens = torch.tensor([len(r) for r in rows], device=device)
+        ids = nn.utils.rnn.pad_sequence(rows, batch_first=True).clamp(min=0)
+        token_mask = torch.arange(ids.shape[1], device=device) < lens.unsqueeze(1)
+        x = self.input_embedding(ids) * token_mask.unsqueeze(-1)  # zeros past each row's end, as at batch 1
+        if not finalize:  # each row's last tokens served only as lookahead context
+            lens = lens - lookahead
+        kept = [len(r) - (0 if finalize else lookahead) for r in rows]
+        frames = ratio * max(kept)
+        if frames > self.config.noise_frames:
+            raise ValueError(f"{frames} mel frames exceed the fixed noise table ({self.config.noise_frames})")
+        mu = self.pre_lookahead_layer(x)[:, : max(kept)].repeat_interleave(ratio, dim=1)
+        cond = torch.zeros(len(rows), frames, self.config.output_size, dtype=dtype, device=device)
+        for i, feat in enumerate(prompt_feats):
+            cond[i, : feat.shape[0]] = feat.to(device, dtype)
+        mask = torch.arange(frames, device=device) < ratio * lens.unsqueeze(1)
+        spks = self.spk_embed_affine_layer(F.normalize(embeddings.to(device).float(), dim=1).to(dtype))
+
+        mel = self.solve(mu, None if bool(mask.all()) else mask, spks, cond, streaming)
+        return [
+            mel[i, ratio * len(p) : ratio * n].T.contiguous()
+            for i, (p, n) in enumerate(zip(prompt_tokens, kept, strict=True))
+        ]
+
+    def solve(
+        self,
+        mu: torch.Tensor,
+        mask: torch.Tensor | None,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        streaming: bool = False,
+    ) -> torch.Tensor:
+        """Euler solver from the fixed noise with classifier-free guidance; returns x(1) (B, T, 80) float32."""
+        batch, frames, _ = mu.shape
+        cfg = self.config
+        dtype = mu.dtype
+        x = self.noise[0, :, :frames].T.to(mu.device).expand(batch, -1, -1)
+        t_span = torch.linspace(0, 1, cfg.n_timesteps + 1, device=mu.device, dtype=torch.float32)
+        if cfg.t_scheduler == "cosine":
+            t_span = 1 - torch.cos(t_span * 0.5 * math.pi)
+        mu_in = torch.cat((mu, torch.zeros_like(mu)))
+        spks_in = torch.cat((spks, torch.zeros_like(spks)))
+        cond_in = torch.cat((cond, torch.zeros_like(cond)))
+        mask_in = None if mask is None else torch.cat((mask, mask))
+        t, dt = t_span[0], t_span[1] - t_span[0]
+        for step in range(1, cfg.n_timesteps + 1):
+            x_in = x.to(dtype).repeat(2, 1, 1)
+            velocity = self.estimator(x_in, mask_in, mu_in, t, spks_in, cond_in, streaming).float()
+            v_cond, v_uncond = velocity.chunk(2)
+            x = x + dt * ((1.0 + cfg.inference_cfg_rate) * v_cond - cfg.inference_cfg_rate * v_uncond)
+            t = t + dt
+            if step < cfg.n_timesteps:
+                dt = t_span[step + 1] - t
+        return x
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under flow.pt's key names."""
+        official = {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("estimator.")}
+        for name, tensor in self.estimator.official_state_dict().items():
+            official[ESTIMATOR_PREFIX + name] = tensor
+        return official
+
+    def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load flow.pt's keys exactly (strict); `ModelError` names the first missing/unexpected/mis-shaped key."""
+        expected = {name: tensor.shape for name, tensor in self.official_state_dict().items()}
+        for name in expected:
+            if name not in sd:
+                raise ModelError(f"flow.pt: missing key {name!r}")
+        for name in sd:
+            if name not in expected:
+                raise ModelError(f"flow.pt: unexpected key {name!r}")
+        for name, shape in expected.items():
+            if sd[name].shape != shape:
+                raise ModelError(f"flow.pt: key {name!r} has shape {tuple(sd[name].shape)}, expected {tuple(shape)}")
+        own = {name: sd[name] for name in expected if not name.startswith(ESTIMATOR_PREFIX)}
+        estimator = {n[len(ESTIMATOR_PREFIX) :]: t for n, t in sd.items() if n.startswith(ESTIMATOR_PREFIX)}
+        for name, tensor in self.estimator.state_dict_from_official(estimator).items():
+            own["estimator." + name] = tensor
+        self.load_state_dict(own, strict=True)

@@ -1,0 +1,186 @@
+"""CosyVoice3 flow (pre-lookahead + DiT CFM) against the reference's own outputs on the tiny model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from voiceclone.errors import ModelError
+from voiceclone.models.dit import DiT, DiTConfig
+from voiceclone.models.flow import Flow, FlowConfig
+
+E2E_CASES = ["prompt_en_seed1234", "prompt_en_seed4321", "prompt_zh_seed1234", "prompt_zh_seed4321"]
+
+
+def read_recipe(path: Path) -> dict:
+    """The HyperPyYAML recipe as plain data: tags dropped, `!ref <a> * <b>` resolved for top-level ints."""
+
+    class TagIgnoringLoader(yaml.SafeLoader):
+        pass
+
+    def untagged(loader, _suffix, node):
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_scalar(node)
+
+    TagIgnoringLoader.add_multi_constructor("!", untagged)
+    recipe = yaml.load(path.read_text(), Loader=TagIgnoringLoader)
+
+    def resolve(value):
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, str) and "<" in value:
+            factors = [resolve(recipe[name]) for name in re.findall(r"<(\w+)>", value)]
+            return factors[0] if len(factors) == 1 else eval("*".join(map(str, factors)))  # noqa: S307
+        return value
+
+    return resolve(recipe)
+
+
+def flow_config(model_dir: Path) -> FlowConfig:
+    flow = read_recipe(model_dir / "cosyvoice3.yaml")["flow"]
+    dit = flow["decoder"]["estimator"]
+    cfm = flow["decoder"]["cfm_params"]["content"]
+    return FlowConfig(
+        vocab_size=flow["vocab_size"],
+        input_size=flow["input_size"],
+        output_size=flow["output_size"],
+        spk_embed_dim=flow["spk_embed_dim"],
+        token_mel_ratio=flow["token_mel_ratio"],
+        pre_lookahead_len=flow["pre_lookahead_len"],
+        pre_lookahead_channels=flow["pre_lookahead_layer"]["channels"],
+        inference_cfg_rate=float(cfm["inference_cfg_rate"]),
+        t_scheduler=cfm["t_scheduler"],
+        dit=DiTConfig(**{k: int(dit[k]) for k in DiTConfig.__dataclass_fields__}),
+    )
+
+
+@pytest.fixture(scope="module")
+def flow_sd(v3_model_dir) -> dict[str, torch.Tensor]:
+    return torch.load(v3_model_dir / "flow.pt", weights_only=True, mmap=True)
+
+
+@pytest.fixture(scope="module")
+def flow(v3_model_dir, flow_sd) -> Flow:
+    model = Flow(flow_config(v3_model_dir)).eval()
+    model.load_official_state_dict(flow_sd)
+    return model
+
+
+@pytest.fixture(scope="module")
+def case(v3_cases) -> dict[str, torch.Tensor]:
+    return load_file(v3_cases / "flow.safetensors")
+
+
+def run_case(flow: Flow, case: dict[str, torch.Tensor], **kwargs) -> torch.Tensor:
+    (mel,) = flow.inference(
+        [case["in_token"][0]], [case["in_prompt_token"][0]], [case["in_prompt_feat"][0]], case["in_embedding"], **kwargs
+    )
+    return mel
+
+
+def e2e_row(v3_cases: Path, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens, prompt tokens, prompt mel, embedding, expected mel) of one e2e case."""
+    e2e = load_file(v3_cases / f"e2e_{name}.safetensors")
+    front = load_file(v3_cases / f"frontend_{name.rsplit('_', 1)[0]}.safetensors")
+    return (
+        e2e["flow_tokens"][0],
+        front["flow_prompt_speech_token"][0],
+        front["prompt_speech_feat"][0],
+        front["flow_embedding"][0],
+        e2e["flow_mel"][0],
+    )
+
+
+def test_config_read_from_yaml(v3_model_dir):
+    config = flow_config(v3_model_dir)
+    assert (config.dit.dim, config.dit.depth, config.dit.heads, config.dit.dim_head) == (64, 2, 4, 16)
+    assert config.pre_lookahead_channels == 64 and config.dit.static_chunk_size == 50
+
+
+def test_noise_table_is_reference_rand_noise(flow, case):
+    assert flow.noise.shape == (1, 80, 15000)
+    assert torch.equal(flow.noise[:, :, :256], case["rand_noise_head"])
+    assert abs(flow.noise.double().sum().item() - (-1291.2013939017716)) < 1e-6
+
+
+def test_official_state_dict_round_trip(flow, flow_sd):
+    official = flow.official_state_dict()
+    assert list(official) == list(flow_sd)
+    assert all(torch.equal(official[k], flow_sd[k]) for k in flow_sd)
+
+
+def test_load_rejects_bad_keys(v3_model_dir, flow_sd):
+    model = Flow(flow_config(v3_model_dir))
+    missing = dict(flow_sd)
+    del missing["decoder.estimator.rotary_embed.inv_freq"]
+    with pytest.raises(ModelError, match="missing key 'decoder.estimator.rotary_embed.inv_freq'"):
+        model.load_official_state_dict(missing)
+    with pytest.raises(ModelError, match="unexpected key 'decoder.rand_noise'"):
+        model.load_official_state_dict({**flow_sd, "decoder.rand_noise": torch.zeros(1)})
+    key = "decoder.estimator.transformer_blocks.1.attn.to_k.bias"
+    with pytest.raises(ModelError, match=f"key '{key}' has shape"):
+        model.load_official_state_dict({**flow_sd, key: torch.zeros(3)})
+
+
+@pytest.mark.parametrize(
+    ("key", "options"),
+    [
+        ("mel", {}),
+        ("mel_streaming_finalize", {"streaming": True}),
+        ("mel_streaming_nonfinal", {"streaming": True, "finalize": False}),
+    ],
+)
+def test_mel_matches_reference(flow, case, key, options):
+    mel = run_case(flow, case, **options)
+    expected = case[key][0]
+    assert mel.dtype == torch.float32 and mel.shape == expected.shape
+    assert (mel - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", E2E_CASES)
+def test_e2e_flow_mel(flow, v3_cases, name):
+    tokens, prompt_tokens, prompt_feat, embedding, expected = e2e_row(v3_cases, name)
+    (mel,) = flow.inference([tokens], [prompt_tokens], [prompt_feat], embedding[None])
+    assert mel.shape == expected.shape == (80, 2 * len(tokens))
+    assert (mel - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_batch_rows_equal_their_batch_one_result(flow, v3_cases, streaming):
+    rows = [e2e_row(v3_cases, name) for name in E2E_CASES[:3]]
+    rows.append((rows[2][0][:45],) + e2e_row(v3_cases, "prompt_en_seed1234")[1:])  # zh tokens, en prompt
+    rows[0] = (rows[0][0][:53],) + rows[0][1:]
+    args = [list(column) for column in zip(*[row[:3] for row in rows], strict=True)]
+    embeddings = torch.stack([row[3] for row in rows])
+    batched = flow.inference(*args, embeddings, streaming=streaming)
+    assert len({mel.shape[1] for mel in batched}) == len(rows)
+    for i, row in enumerate(rows):
+        (alone,) = flow.inference([row[0]], [row[1]], [row[2]], row[3][None], streaming=streaming)
+        assert batched[i].shape == alone.shape
+        assert (batched[i] - alone).abs().max().item() < 1e-5
+
+
+def test_bfloat16_weights_keep_float32_positions_and_output(v3_model_dir, flow_sd, case):
+    model = Flow(flow_config(v3_model_dir)).eval()
+    model.load_official_state_dict(flow_sd)
+    model.to(torch.bfloat16)
+    assert model.estimator.rotary_embed.inv_freq.dtype == torch.float32
+    mel = run_case(model, case)
+    assert mel.dtype == torch.float32
+    assert (mel - case["mel"][0]).abs().mean().item() < 0.1
+
+
+def test_flops_counts_linears_and_attention():
+    with torch.device("meta"):
+        dit = DiT(DiTConfig())
+    frames, batch = 500, 2
+    per_layer = 2 * batch * frames * (4 * 1024 * 1024 + 2 * 1024 * 2048) + 4 * batch * frames * frames * 1024
+    assert 22 * per_layer < dit.flops(frames, batch) < 1.05 * 22 * per_layer
