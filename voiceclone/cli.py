@@ -1,0 +1,320 @@
+"""The `voiceclone` command line: parse flags, call the library, turn errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from voiceclone import __version__
+from voiceclone.errors import UsageError, VoiceCloneError
+from voiceclone.manifest import FORMATS, ManifestErrors
+
+EXIT_INTERRUPTED = 130
+DEMO_NOTICE = "note: --model demo has random weights: its audio is noise (durations and files are real)"
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Batch zero-shot voice cloning with CosyVoice3 checkpoints.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"voiceclone {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Batch zero-shot voice cloning with CosyVoice3 checkpoints."""
+
+
+def _fail(error: VoiceCloneError) -> typer.Exit:
+    """Print a user error (one line per problem) on stderr and return the Exit carrying its code."""
+    if isinstance(error, ManifestErrors):
+        for problem in error.errors:
+            typer.echo(str(problem), err=True)
+        if len(error.errors) > 1:
+            typer.echo(f"{len(error.errors)} problems in {error.path}", err=True)
+    else:
+        typer.echo(f"error: {error}", err=True)
+    return typer.Exit(error.exit_code)
+
+
+def _format_option(value: str | None) -> str | None:
+    if value is not None and value not in FORMATS:
+        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}")
+    return value
+
+
+class _PlainProgress:
+    """Periodic log lines for logs that are not a terminal (CI)."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s, self.total, self.done, self.failed, self.audio_s = every_s, 0, 0, 0, 0.0
+        self.started = self.last = time.monotonic()
+        self.reused = 0
+
+    def start(self, total: int, reused: int) -> None:
+        self.total, self.done, self.reused = total, reused, reused
+        self.started = self.last = time.monotonic()
+        typer.echo(f"synth: {total} rows, {reused} kept from an earlier run, {total - reused} to do", err=True)
+
+    def row(self, entry) -> None:
+        self.done += 1
+        self.failed += entry.status == "failed"
+        self.audio_s += entry.duration_s or 0.0
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done == self.total:
+            self.last = now
+            typer.echo(f"synth: {self.line(now)}", err=True)
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        made = self.done - self.reused
+        rtf = f"{elapsed / self.audio_s:.2f}" if self.audio_s else "-"
+        eta = f"{elapsed / made * (self.total - self.done):.0f} s" if made else "-"
+        return f"{self.done}/{self.total} rows ({self.failed} failed), {self.audio_s:.1f} s audio, RTF {rtf}, ETA {eta}"
+
+    def close(self) -> None:
+        pass
+
+
+class _RichProgress(_PlainProgress):
+    """A rich progress bar on a terminal: rows, audio seconds, RTF, ETA."""
+
+    def __init__(self):
+        super().__init__()
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("synth"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[audio]} audio, RTF {task.fields[rtf]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = None
+
+    def start(self, total: int, reused: int) -> None:
+        self.total, self.done, self.reused = total, reused, reused
+        self.started = time.monotonic()
+        self.progress.start()
+        self.task = self.progress.add_task("synth", total=total, completed=reused, audio="0.0 s", rtf="-")
+
+    def row(self, entry) -> None:
+        self.done += 1
+        self.failed += entry.status == "failed"
+        self.audio_s += entry.duration_s or 0.0
+        rtf = f"{(time.monotonic() - self.started) / self.audio_s:.2f}" if self.audio_s else "-"
+        self.progress.update(self.task, advance=1, audio=f"{self.audio_s:.1f} s", rtf=rtf)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class _NoProgress(_PlainProgress):
+    def start(self, total: int, reused: int) -> None:
+        pass
+
+    def row(self, entry) -> None:
+        pass
+
+
+def _progress(quiet: bool) -> _PlainProgress:
+    if quiet:
+        return _NoProgress()
+    return _RichProgress() if sys.stderr.isatty() else _PlainProgress()
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def synth(
+    manifest: Path = typer.Argument(..., help="CSV/TSV, JSONL or Seed-TTS .lst manifest."),
+    model: str = typer.Option(..., "--model", help="Model directory (official or converted), or `demo`."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <id>.wav, report.jsonl, report.csv, summary.json."),
+    fmt: str | None = typer.Option(None, "--format", callback=_format_option, help="csv, tsv, jsonl or lst."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
+    batch_size: int = typer.Option(8, help="Rows per batch."),
+    max_batch_tokens: int = typer.Option(32768, help="Token budget of one batch (rows x longest row)."),
+    seed: int = typer.Option(0, help="Base seed; a row's seed is derived from it and the row id."),
+    text_frontend: bool = typer.Option(True, help="Normalise texts (off: texts are used verbatim)."),
+    wav_format: str = typer.Option("pcm16", help="pcm16 (16-bit PCM) or float (32-bit float)."),
+    resume: bool = typer.Option(False, help="Keep finished rows of an earlier run in --out; redo the rest."),
+    force: bool = typer.Option(False, help="Overwrite existing outputs in --out."),
+    dry_run: bool = typer.Option(False, help="Validate manifest, audio, model folder and device; load nothing."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+    attention: str = typer.Option("auto", help="Attention backend (auto, math, flash, efficient, cudnn)."),
+    compile: bool = typer.Option(False, help="torch.compile the networks (falls back to eager)."),
+    llm_file: str = typer.Option("llm.pt", help="LLM weights file in an official folder, e.g. llm.rl.pt."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+) -> None:
+    """Clone the prompt voice for every manifest row into OUT/<id>.wav, with reports."""
+    from voiceclone.manifest import load_manifest
+    from voiceclone.synth import Interrupted, SynthOptions, check_options
+
+    opts = SynthOptions(
+        model=model,
+        out=out,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        seed=seed,
+        text_frontend=text_frontend,
+        wav_format=wav_format,
+        resume=resume,
+        force=force,
+        attention=attention,
+        compile=compile,
+        llm_file=llm_file,
+        threads=threads,
+        manifest=str(manifest),
+    )
+    progress = _progress(quiet)
+    try:
+        check_options(opts)
+        rows = load_manifest(manifest, fmt)
+        if dry_run:
+            _dry_run(rows, opts, quiet)
+            return
+        if model == "demo" and not quiet:
+            typer.echo(DEMO_NOTICE, err=True)
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        from voiceclone.synth import run_synth
+
+        try:
+            outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row)
+        finally:
+            progress.close()
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    except Interrupted:
+        typer.echo(f"interrupted: finished rows are kept in {out}; run again with --resume to continue", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    s = outcome.summary
+    if not quiet:
+        typer.echo(
+            f"done: {s['ok']} ok, {s['failed']} failed, {s['reused']} kept from an earlier run; "
+            f"{s['audio_seconds']:.1f} s audio in {s['wall_seconds']:.1f} s -> {out}",
+            err=True,
+        )
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _dry_run(rows, opts, quiet: bool) -> None:
+    """Check everything a run needs without loading the model, then print what the run would do."""
+    from voiceclone import checkpoint, runtime
+    from voiceclone.synth import existing_outputs, refuse_existing
+
+    rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
+    if opts.model != "demo":
+        checkpoint.read_config(opts.model, opts.llm_file)
+    refuse_existing(opts.out, rows, opts.resume, opts.force)
+    found = existing_outputs(opts.out, rows)
+    if quiet:
+        return
+    prompts = {row.prompt_audio for row in rows}
+    seeded = sum(row.seed is not None for row in rows)
+    refs = sum(row.reference_audio is not None for row in rows)
+    typer.echo(
+        f"dry run: {len(rows)} rows valid ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
+        f"{refs} with reference audio); model {opts.model}; device {rt.device}, "
+        f"dtype {str(rt.dtype).removeprefix('torch.')}; {len(found)} existing outputs in {opts.out}"
+    )
+
+
+@app.command("check-durations")
+def check_durations(
+    out: Path = typer.Argument(..., help="The synth output folder."),
+    manifest: Path | None = typer.Option(None, help="Expected rows (default: OUT/report.jsonl)."),
+    fmt: str | None = typer.Option(None, "--format", callback=_format_option, help="Manifest format override."),
+    reference: Path | None = typer.Option(None, help="Folder of reference wavs named <id>.wav."),
+    rel_tol: float = typer.Option(0.2, help="Allowed duration error relative to the reference."),
+    abs_tol: float = typer.Option(0.3, help="Allowed duration error in seconds (the larger of the two applies)."),
+    sample_rate: int | None = typer.Option(None, help="Expected sample rate (default: from summary.json)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    junit: Path | None = typer.Option(None, help="Write JUnit XML to this file."),
+    quiet: bool = typer.Option(False, help="No table; only the summary line."),
+) -> None:
+    """Check every expected wav in OUT (present, readable, rate, silence, clipping, duration); exit 0 if all pass."""
+    from rich.console import Console
+
+    from voiceclone import durations
+    from voiceclone.report import atomic_write_text
+
+    if rel_tol < 0 or abs_tol < 0:
+        raise _fail(UsageError("--rel-tol and --abs-tol must not be negative"))
+    try:
+        tol = durations.Tolerances(rel_tol=rel_tol, abs_tol=abs_tol)
+        results = durations.check_durations(out, manifest, fmt, reference, tol, sample_rate)
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    settings = {"out": str(out), "manifest": str(manifest) if manifest else None}
+    settings |= {"reference": str(reference) if reference else None, "rel_tol": rel_tol, "abs_tol": abs_tol}
+    if json_path:
+        atomic_write_text(json_path, json.dumps(durations.results_json(results, settings), indent=2) + "\n")
+    if junit:
+        atomic_write_text(junit, durations.junit_xml(results))
+    if quiet:
+        typer.echo(durations.summary_line(results))
+    else:
+        durations.render_table(results, Console())
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Official CosyVoice3 model folder."),
+    dst: Path = typer.Argument(..., help="New folder for the converted (safetensors) model."),
+    llm_file: str = typer.Option("llm.pt", help="LLM weights file to convert, e.g. llm.rl.pt."),
+) -> None:
+    """Convert an official model folder to voiceclone's safetensors layout."""
+    from voiceclone import checkpoint
+
+    try:
+        checkpoint.convert(src, dst, llm_file=llm_file)
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    typer.echo(f"converted {src} -> {dst}")
+
+
+@app.command()
+def inspect(model_dir: Path = typer.Argument(..., help="Official or converted model folder.")) -> None:
+    """Print a model folder's family, config, files and parameter counts."""
+    from voiceclone import checkpoint
+
+    try:
+        info = checkpoint.inspect(model_dir)
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    typer.echo(info if isinstance(info, str) else json.dumps(info, indent=2, default=str))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,199 @@
+"""Report files: one row per manifest row (JSONL and CSV), `summary.json`, the run journal, atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+REPORT_JSONL = "report.jsonl"
+REPORT_CSV = "report.csv"
+SUMMARY_JSON = "summary.json"
+JOURNAL = ".voiceclone-journal.jsonl"
+STATUSES = ("ok", "failed", "skipped")
+
+
+@dataclass
+class ReportRow:
+    """What one manifest row produced. Durations are seconds; `timings` maps a stage name to seconds."""
+
+    id: str
+    status: str
+    error: str | None = None
+    wav: str | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    num_samples: int | None = None
+    text_tokens: int | None = None
+    prompt_text_tokens: int | None = None
+    speech_tokens: int | None = None
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    stop_reason: str | None = None
+    segments: int | None = None
+    leading_silence_s: float | None = None
+    trailing_silence_s: float | None = None
+    peak: float | None = None
+    clipped_fraction: float | None = None
+    seed: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    rtf: float | None = None
+    fingerprint: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReportRow:
+        """Build from a parsed JSON object; raises ValueError when it is not a report row."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or data.get("status") not in STATUSES:
+            raise ValueError("not a report row")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+REPORT_FIELDS = tuple(f.name for f in fields(ReportRow))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary name in the same folder, fsync, and rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def report_jsonl_text(rows: Iterable[ReportRow]) -> str:
+    """Strict JSONL: one object per line, nothing else."""
+    return "".join(json.dumps(row.to_dict(), ensure_ascii=False) + "\n" for row in rows)
+
+
+def report_csv_text(rows: list[ReportRow]) -> str:
+    """CSV with a header; `timings` flattened to one `time_<stage>_s` column per stage seen in any row."""
+    stages = sorted({stage for row in rows for stage in row.timings})
+    header = [name for name in REPORT_FIELDS if name != "timings"] + [f"time_{stage}_s" for stage in stages]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        data = row.to_dict()
+        cells = [data[name] for name in REPORT_FIELDS if name != "timings"]
+        cells += [row.timings.get(stage) for stage in stages]
+        writer.writerow(["" if c is None else c for c in cells])
+    return buffer.getvalue()
+
+
+def write_report(out_dir: str | Path, rows: list[ReportRow]) -> None:
+    """Write `report.jsonl` and `report.csv` atomically."""
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / REPORT_JSONL, report_jsonl_text(rows))
+    atomic_write_text(out_dir / REPORT_CSV, report_csv_text(rows))
+
+
+def write_summary(out_dir: str | Path, summary: dict) -> None:
+    """Write `summary.json` atomically."""
+    atomic_write_text(Path(out_dir) / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_report_rows(path: str | Path) -> dict[str, ReportRow]:
+    """Rows of a report or journal JSONL file by id (a later line wins); lines that do not parse are skipped."""
+    rows: dict[str, ReportRow] = {}
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # an unfinished last line (the writer was killed): ignore it
+                try:
+                    row = ReportRow.from_dict(json.loads(raw))
+                except (ValueError, TypeError, RecursionError):
+                    continue
+                rows[row.id] = row
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+class Journal:
+    """Append-only record of finished rows: each row is one complete line, flushed and fsynced before the next."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._repair()
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the whole run, closed by close()
+
+    def _repair(self) -> None:
+        """Cut an unfinished last line left by a killed run."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
+
+    def append(self, row: ReportRow) -> None:
+        self._file.write((json.dumps(row.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def row_fingerprint(
+    prompt_sha256: str, prompt_text: str, target_text: str, seed: int, model_id: str, settings: dict
+) -> str:
+    """Hash of everything that decides a row's audio: prompt bytes, texts, seed, model and output settings."""
+    content = {
+        "prompt_sha256": prompt_sha256,
+        "prompt_text": prompt_text,
+        "target_text": target_text,
+        "seed": seed,
+        "model_id": model_id,
+        "settings": settings,
+    }
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def summarize(rows: list[ReportRow], wall_s: float, run: dict, reused: frozenset[str] = frozenset()) -> dict:
+    """`summary.json`: counts, audio seconds, wall time, throughput (rows made this run), plus the settings in `run`."""
+    counts = {status: sum(row.status == status for row in rows) for status in STATUSES}
+    audio_s = sum(row.duration_s or 0.0 for row in rows if row.status == "ok")
+    made = [row for row in rows if row.status != "skipped" and row.id not in reused]
+    made_audio_s = sum(row.duration_s or 0.0 for row in made if row.status == "ok")
+    return {
+        "rows": len(rows),
+        **counts,
+        "reused": len(reused),
+        "audio_seconds": round(audio_s, 3),
+        "wall_seconds": round(wall_s, 3),
+        "rows_per_second": round(len(made) / wall_s, 4) if wall_s > 0 else None,
+        "audio_seconds_per_second": round(made_audio_s / wall_s, 4) if wall_s > 0 else None,
+        "rtf": round(wall_s / made_audio_s, 4) if made_audio_s > 0 else None,
+        **run,
+    }

@@ -1,0 +1,286 @@
+"""The `synth` run lifecycle: output-folder checks, resume planning, the engine loop, wavs and report files.
+
+Durability: each wav is written atomically (audio.write_wav), each finished row is appended to a journal as one
+fsynced line, and `report.jsonl` / `report.csv` / `summary.json` are only ever replaced whole (temp name + rename).
+A run killed at any point leaves complete files only; `--resume` reads the report and the journal and keeps every row
+whose wav is intact and whose fingerprint (prompt bytes, texts, seed, model id, output settings) still matches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from voiceclone import __version__, audio
+from voiceclone.errors import UsageError
+from voiceclone.manifest import Row
+from voiceclone.report import (
+    JOURNAL,
+    REPORT_CSV,
+    REPORT_JSONL,
+    SUMMARY_JSON,
+    Journal,
+    ReportRow,
+    file_sha256,
+    read_report_rows,
+    row_fingerprint,
+    summarize,
+    write_report,
+    write_summary,
+)
+from voiceclone.seeds import seed_for
+
+RUN_FILES = (REPORT_JSONL, REPORT_CSV, SUMMARY_JSON, JOURNAL)
+
+
+@dataclass
+class SynthOptions:
+    """Everything `voiceclone synth` was asked to do besides the rows."""
+
+    model: str
+    out: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    max_batch_tokens: int = 32768
+    seed: int = 0
+    text_frontend: bool = True
+    wav_format: str = "pcm16"
+    resume: bool = False
+    force: bool = False
+    attention: str = "auto"
+    compile: bool = False
+    llm_file: str = "llm.pt"
+    threads: int | None = None
+    manifest: str = ""
+
+
+@dataclass
+class SynthOutcome:
+    rows: list[ReportRow]
+    summary: dict
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(row.status == "failed" for row in self.rows)
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped the run after the reports were written."""
+
+    def __init__(self, outcome: SynthOutcome):
+        super().__init__("interrupted")
+        self.outcome = outcome
+
+
+def check_options(opts: SynthOptions) -> None:
+    """Flag combinations and values that are wrong before anything else happens."""
+    if opts.resume and opts.force:
+        raise UsageError("--resume and --force exclude each other: --resume keeps finished rows, --force redoes all")
+    if opts.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.max_batch_tokens < 1:
+        raise UsageError(f"--max-batch-tokens must be at least 1, got {opts.max_batch_tokens}")
+    if opts.wav_format not in audio.WAV_SUBTYPES:
+        raise UsageError(f"--wav-format must be one of {', '.join(audio.WAV_SUBTYPES)}, got {opts.wav_format!r}")
+    if not 0 <= opts.seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {opts.seed}")
+
+
+def existing_outputs(out: Path, rows: list[Row]) -> list[str]:
+    """Names of files in `out` this run would overwrite."""
+    if not out.is_dir():
+        return []
+    names = [name for name in RUN_FILES if (out / name).exists()]
+    return names + [f"{row.id}.wav" for row in rows if (out / f"{row.id}.wav").exists()]
+
+
+def refuse_existing(out: Path, rows: list[Row], resume: bool, force: bool) -> None:
+    """UsageError when `out` is not a folder, or holds this manifest's outputs and neither --resume nor --force."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    found = existing_outputs(out, rows)
+    if found and not (resume or force):
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise UsageError(f"{out}: already holds outputs ({shown}); pass --resume to continue or --force to overwrite")
+
+
+def prepare_out_dir(out: Path, rows: list[Row], resume: bool, force: bool) -> None:
+    """Refuse existing outputs (see refuse_existing), create `out`, and clear temp files of killed runs."""
+    refuse_existing(out, rows, resume, force)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    remove_temp_files(out)
+
+
+def remove_temp_files(out: Path) -> None:
+    """Delete temp files a killed run left behind (`.<name>.*.tmp` wavs, `.<name>.tmp-<pid>` reports)."""
+    for path in out.glob(".*"):
+        if path.is_file() and (path.name.endswith(".tmp") or ".tmp-" in path.name):
+            path.unlink(missing_ok=True)
+
+
+def output_settings(opts: SynthOptions, dtype: str) -> dict:
+    """The settings that change a row's audio bytes (batching does not: rows equal their batch-1 result)."""
+    return {"dtype": dtype, "text_frontend": opts.text_frontend, "wav_format": opts.wav_format}
+
+
+def wav_intact(path: Path, entry: ReportRow) -> bool:
+    """The wav decodes its header and has the rate and length the report recorded."""
+    try:
+        info = audio.audio_info(path)
+    except Exception:
+        return False
+    return info.sample_rate == entry.sample_rate and info.frames == entry.num_samples
+
+
+def reusable_rows(out: Path, fingerprints: dict[str, str]) -> dict[str, ReportRow]:
+    """Previous rows that are ok, match this run's fingerprint, and whose wav is intact."""
+    previous = read_report_rows(out / REPORT_JSONL)
+    previous.update(read_report_rows(out / JOURNAL))
+    return {
+        row_id: entry
+        for row_id, entry in previous.items()
+        if entry.status == "ok"
+        and entry.fingerprint == fingerprints.get(row_id)
+        and wav_intact(out / f"{row_id}.wav", entry)
+    }
+
+
+def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: str) -> ReportRow:
+    """Write the row's wav (when it has audio) and describe it."""
+    entry = ReportRow(
+        id=result.id,
+        status="failed",
+        error=result.error,
+        text_tokens=result.text_tokens,
+        prompt_text_tokens=result.prompt_text_tokens,
+        speech_tokens=len(result.speech_tokens),
+        min_tokens=result.min_tokens,
+        max_tokens=result.max_tokens,
+        stop_reason=result.stop_reason,
+        segments=result.segments,
+        seed=row_seed,
+        timings={k: round(v, 6) for k, v in result.timings.items()},
+        fingerprint=fingerprint,
+    )
+    if result.error is not None:
+        return entry
+    if result.wav is None:
+        entry.error = "the engine returned no audio"
+        return entry
+    name = f"{result.id}.wav"
+    try:
+        audio.write_wav(out / name, result.wav, result.sample_rate, wav_format)
+    except OSError as e:
+        entry.error = f"cannot write {out / name}: {e.strerror or e}"
+        return entry
+    stats = audio.audio_stats(result.wav, result.sample_rate)
+    entry.status, entry.wav = "ok", name
+    entry.sample_rate, entry.num_samples = result.sample_rate, int(result.wav.shape[-1])
+    entry.duration_s = round(stats["duration_s"], 6)
+    entry.leading_silence_s = round(stats["leading_silence_s"], 4)
+    entry.trailing_silence_s = round(stats["trailing_silence_s"], 4)
+    entry.peak = round(stats["peak"], 6)
+    entry.clipped_fraction = round(stats["clipped_fraction"], 6)
+    entry.rtf = round(result.rtf, 6) if result.rtf is not None else None
+    return entry
+
+
+def run_synth(
+    rows: list[Row],
+    opts: SynthOptions,
+    on_start: Callable[[int, int], None] = lambda total, reused: None,
+    on_row: Callable[[ReportRow], None] = lambda row: None,
+    on_model: Callable[[object], None] = lambda model: None,
+) -> SynthOutcome:
+    """Synthesise every row not already done; write wavs, the reports and the summary. Raises Interrupted on Ctrl-C."""
+    from voiceclone import checkpoint, runtime
+    from voiceclone.engine import Engine, EngineSettings, SynthRequest
+
+    started = time.perf_counter()
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    check_options(opts)
+    rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
+    runtime.set_cpu_threads(opts.threads)
+    prepare_out_dir(opts.out, rows, opts.resume, opts.force)
+    model = checkpoint.load_model(opts.model, rt.device, rt.dtype, opts.llm_file)
+    on_model(model)
+    dtype_name = str(rt.dtype).removeprefix("torch.")
+    settings = output_settings(opts, dtype_name)
+    prompt_hashes: dict[Path, str] = {}
+    seeds: dict[str, int] = {}
+    fingerprints: dict[str, str] = {}
+    for row in rows:
+        if row.prompt_audio not in prompt_hashes:
+            prompt_hashes[row.prompt_audio] = file_sha256(row.prompt_audio)
+        seeds[row.id] = seed_for(row.seed, opts.seed, row.id)
+        fingerprints[row.id] = row_fingerprint(
+            prompt_hashes[row.prompt_audio], row.prompt_text, row.target_text, seeds[row.id], model.model_id, settings
+        )
+    done = reusable_rows(opts.out, fingerprints) if opts.resume else {}
+    if not opts.resume:
+        (opts.out / JOURNAL).unlink(missing_ok=True)
+    reused = frozenset(done)
+    todo = [row for row in rows if row.id not in done]
+    for row in todo:
+        (opts.out / f"{row.id}.wav").unlink(missing_ok=True)  # never leave an old wav beside a new report entry
+    on_start(len(rows), len(done))
+    engine = Engine(
+        model,
+        EngineSettings(
+            batch_size=opts.batch_size, max_batch_tokens=opts.max_batch_tokens, text_frontend=opts.text_frontend
+        ),
+    )
+    requests = (SynthRequest(r.id, r.prompt_audio, r.prompt_text, r.target_text, seeds[r.id]) for r in todo)
+    journal = Journal(opts.out / JOURNAL)
+    interrupted = False
+    try:
+        for result in engine.run(requests):
+            entry = _report_row(result, seeds[result.id], fingerprints[result.id], opts.out, opts.wav_format)
+            journal.append(entry)
+            done[entry.id] = entry
+            on_row(entry)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        journal.close()
+        remove_temp_files(opts.out)
+    report_rows = [
+        done.get(row.id)
+        or ReportRow(id=row.id, status="skipped", error="interrupted before this row finished", seed=seeds[row.id])
+        for row in rows
+    ]
+    run = {
+        "manifest": opts.manifest,
+        "model": opts.model,
+        "model_id": model.model_id,
+        "sample_rate": model.config.sample_rate,
+        "token_frame_rate": getattr(model.config, "token_frame_rate", 25),
+        "device": str(rt.device),
+        "dtype": dtype_name,
+        "attention": opts.attention,
+        "compile": opts.compile,
+        "batch_size": opts.batch_size,
+        "max_batch_tokens": opts.max_batch_tokens,
+        "seed": opts.seed,
+        "text_frontend": opts.text_frontend,
+        "wav_format": opts.wav_format,
+        "interrupted": interrupted,
+        "started": started_at,
+        "voiceclone_version": __version__,
+    }
+    summary = summarize(report_rows, time.perf_counter() - started, run, reused)
+    write_report(opts.out, report_rows)
+    write_summary(opts.out, summary)
+    (opts.out / JOURNAL).unlink(missing_ok=True)
+    outcome = SynthOutcome(report_rows, summary, interrupted)
+    if interrupted:
+        raise Interrupted(outcome)
+    return outcome
