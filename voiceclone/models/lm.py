@@ -175,7 +175,7 @@ class CosyVoice3LM(nn.Module):
         out: dict[str, Tensor] = {}
         for name, value in self.state_dict().items():
             if not name.startswith("llm.") and OFFICIAL_LM_HEAD not in out:
-                out[OFFICIAL_LM_HEAD] = self.llm.embed_tokens.weight.detach()
+                out[OFFICIAL_LM_HEAD] = out[OFFICIAL_QWEN_PREFIX + "embed_tokens.weight"]
             out[_official_key(name)] = value
         return out
 

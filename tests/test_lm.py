@@ -1,0 +1,205 @@
+"""CosyVoice3 LM against the reference's own outputs: prefix, logits, sampled tokens, bounds, batch invariance."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from voiceclone.errors import ModelError
+from voiceclone.models.lm import CosyVoice3LM, LMConfig, LMRequest, ras_sample
+from voiceclone.models.qwen2 import Qwen2Config
+
+LOGITS_TOL = 1e-4
+
+
+def lm_config(model_dir: Path, sd: dict[str, torch.Tensor]) -> LMConfig:
+    """Every dimension from the model directory: Qwen2 from config.json, speech vocabulary from the yaml and llm.pt."""
+    qwen = Qwen2Config.from_hf(json.loads((model_dir / "CosyVoice-BlankEN" / "config.json").read_text()))
+    yaml_text = (model_dir / "cosyvoice3.yaml").read_text()
+    speech_token_size = int(re.search(r"^\s*speech_token_size:\s*(\d+)", yaml_text, re.M).group(1))
+    vocab_out = sd["speech_embedding.weight"].shape[0]
+    return LMConfig(qwen=qwen, speech_token_size=speech_token_size, extra_tokens=vocab_out - speech_token_size)
+
+
+@pytest.fixture(scope="module")
+def official_sd(v3_model_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(v3_model_dir / "llm.pt", weights_only=True, mmap=True)
+
+
+@pytest.fixture(scope="module")
+def lm(v3_model_dir: Path, official_sd) -> CosyVoice3LM:
+    model = CosyVoice3LM(lm_config(v3_model_dir, official_sd)).eval()
+    model.load_official_state_dict(official_sd)
+    return model
+
+
+@pytest.fixture(scope="module")
+def case(v3_cases: Path) -> dict:
+    return json.loads((v3_cases / "llm.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tensors(v3_cases: Path) -> dict[str, torch.Tensor]:
+    return load_file(v3_cases / "llm.safetensors")
+
+
+@pytest.fixture(scope="module")
+def prefix(lm, case) -> torch.Tensor:
+    with torch.inference_mode():
+        return lm.prefix_embeds(case["text_ids"], case["prompt_text_ids"], case["prompt_speech_token"])
+
+
+def test_config_dims_match_checkpoint(lm, official_sd):
+    q = lm.config.qwen
+    assert official_sd["llm.model.model.embed_tokens.weight"].shape == (q.vocab_size, q.hidden_size)
+    assert official_sd["llm.model.model.layers.0.self_attn.k_proj.weight"].shape == (
+        q.num_key_value_heads * q.head_dim,
+        q.hidden_size,
+    )
+    assert f"llm.model.model.layers.{q.num_hidden_layers - 1}.mlp.up_proj.weight" in official_sd
+    assert lm.llm_decoder.bias is None
+    assert not any("lm_head" in name for name in lm.state_dict())
+
+
+def test_official_state_dict_round_trip(lm, official_sd):
+    out = lm.official_state_dict()
+    assert list(out) == list(official_sd)
+    tied = out["llm.model.lm_head.weight"], out["llm.model.model.embed_tokens.weight"]
+    assert tied[0].data_ptr() == tied[1].data_ptr()  # one shared storage, as in llm.pt
+    for key, value in official_sd.items():
+        assert torch.equal(out[key], value), key
+
+
+def test_load_errors_name_the_key(lm, official_sd):
+    model = CosyVoice3LM(lm.config)
+    missing = {k: v for k, v in official_sd.items() if k != "llm.model.model.norm.weight"}
+    with pytest.raises(ModelError, match="missing key 'llm.model.model.norm.weight'"):
+        model.load_official_state_dict(missing)
+    with pytest.raises(ModelError, match="unexpected key 'llm_decoder.bias'"):
+        model.load_official_state_dict({**official_sd, "llm_decoder.bias": torch.zeros(lm.config.vocab_out)})
+    bad = dict(official_sd)
+    bad["speech_embedding.weight"] = bad["speech_embedding.weight"][:-1]
+    with pytest.raises(ModelError, match="speech_embedding.weight has shape"):
+        model.load_official_state_dict(bad)
+
+
+def test_prefix_embeds_equal_reference(prefix, tensors, case):
+    assert prefix.shape[0] == case["prefix_len"]
+    assert torch.equal(prefix, tensors["prefix_embeds"][0])
+
+
+def test_teacher_forced_logits(lm, prefix, tensors):
+    with torch.inference_mode():
+        logits = lm.teacher_forced_logits(prefix, tensors["tf_tokens"][0])
+    err = (logits - tensors["tf_logits"]).abs().max().item()
+    assert logits.shape == tensors["tf_logits"].shape
+    assert err < LOGITS_TOL, err
+
+
+@pytest.mark.parametrize("seed", [11, 22, 33])
+def test_incremental_step_logits(lm, prefix, tensors, case, seed):
+    """Prefill + one-token KV-cache steps fed the reference tokens give the reference's per-step logits."""
+    run = next(r for r in case["runs"] if r["seed"] == seed)
+    cache, key_mask = lm.new_cache(1, prefix.shape[0] + len(run["tokens"]) + 1)
+    with torch.inference_mode():
+        steps = [lm.prefill(cache, key_mask, [0], [prefix])]
+        for i, token in enumerate(run["tokens"]):
+            steps.append(lm.decode(cache, key_mask, [token], [prefix.shape[0] + i]))
+    logits = torch.cat(steps)
+    expected = tensors[f"seed{seed}_step_logits"]
+    assert logits.shape == expected.shape
+    err = (logits - expected).abs().max().item()
+    assert err < LOGITS_TOL, err
+
+
+@pytest.mark.parametrize("seed", [11, 22, 33])
+def test_sampler_replays_reference_logits(lm, tensors, case, seed):
+    """ras_sample on the saved step logits with torch.Generator().manual_seed(seed) reproduces the reference ids."""
+    run = next(r for r in case["runs"] if r["seed"] == seed)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[int] = []
+    for i, logits in enumerate(tensors[f"seed{seed}_step_logits"]):
+        logp = logits.log_softmax(dim=-1)
+        if i < run["min_len"]:
+            logp[lm.config.first_stop_id :] = -float("inf")
+        probs, ids = logp.softmax(dim=0).sort(descending=True, stable=True)
+        k = lm.config.top_k
+        history.append(ras_sample(probs[:k], ids[:k], lambda logp=logp: logp, history, generator, lm.config))
+    assert history[:-1] == run["tokens"]
+    assert history[-1] == run["stop_id"]
+
+
+def test_generate_matches_reference(lm, case):
+    requests = [
+        LMRequest(case["text_ids"], case["prompt_text_ids"], case["prompt_speech_token"], r["seed"], *bounds)
+        for r in case["runs"]
+        for bounds in [lm.generation_bounds(len(case["text_ids"]))]
+    ]
+    assert lm.generation_bounds(len(case["text_ids"])) == (case["min_len"], case["max_len"])
+    for result, run in zip(lm.generate(requests, batch_size=2), case["runs"], strict=True):
+        assert result.tokens == run["tokens"]
+        assert result.stop_reason == ("eos" if run["stopped_by_stop_id"] else "max_len")
+        assert result.steps == run["steps"]
+
+
+def test_generation_bounds_count_target_text_only(lm, v3_cases):
+    """A long prompt transcript with a 2-token target: bounds (4, 40) from the target, and the clip stays short."""
+    frontend = json.loads((v3_cases / "frontend_prompt_en.json").read_text())
+    long_prompt_text = frontend["prompt_text_ids"] * 6  # ~100 prompt-text tokens
+    target = [474, 13]  # 'Yes.'
+    min_len, max_len = lm.generation_bounds(len(target))
+    assert (min_len, max_len) == (4, 40)
+    assert lm.generation_bounds(len(long_prompt_text) + len(target))[1] > 40 * 40
+    requests = [LMRequest(target, long_prompt_text, frontend["speech_token"], s, min_len, max_len) for s in (5, 6, 7)]
+    for result in lm.generate(requests, batch_size=3):
+        assert min_len <= len(result.tokens) <= max_len
+        assert all(0 <= t < lm.config.speech_token_size for t in result.tokens)
+        assert result.stop_reason == "eos" or len(result.tokens) == max_len
+
+
+def test_output_independent_of_batch_size(lm, v3_cases):
+    """Ten requests of very different prefix lengths, seeds and bounds give the same tokens at batch 1, 3 and 8."""
+    en = json.loads((v3_cases / "frontend_prompt_en.json").read_text())
+    zh = json.loads((v3_cases / "frontend_prompt_zh.json").read_text())
+    shapes = [
+        (en["text_ids"], en["prompt_text_ids"], en["speech_token"]),
+        (zh["text_ids"], zh["prompt_text_ids"], zh["speech_token"]),
+        (en["text_ids"][:2], en["prompt_text_ids"][:7], en["speech_token"][:3]),
+        (zh["text_ids"], [], []),
+        (en["text_ids"] + zh["text_ids"], zh["prompt_text_ids"] * 3, zh["speech_token"]),
+        (en["text_ids"][:1], en["prompt_text_ids"], en["speech_token"][:40]),
+        (zh["text_ids"][:3], en["prompt_text_ids"], zh["speech_token"][:10]),
+        (en["text_ids"], zh["prompt_text_ids"], en["speech_token"] + zh["speech_token"]),
+        (zh["text_ids"][:2], en["prompt_text_ids"][:3], []),
+        (en["text_ids"], en["prompt_text_ids"], en["speech_token"]),
+    ]
+    requests = [
+        LMRequest(text, ptext, speech, seed=1000 + 37 * i, min_len=lo, max_len=hi)
+        for i, (text, ptext, speech) in enumerate(shapes)
+        for lo, hi in [lm.generation_bounds(len(text))]
+    ]
+    requests[-1].min_len = requests[-1].max_len = 3  # one row must end by max_len
+    prefix_lens = {len(r.prompt_text_ids) + len(r.text_ids) + len(r.prompt_speech_tokens) for r in requests}
+    assert max(prefix_lens) - min(prefix_lens) > 100
+    baseline = lm.generate(requests, batch_size=1)
+    assert baseline[-1].tokens and baseline[-1].stop_reason == "max_len" and len(baseline[-1].tokens) == 3
+    for result, request in zip(baseline, requests, strict=True):
+        assert request.min_len <= len(result.tokens) <= request.max_len
+    for batch_size in (3, 8):
+        assert lm.generate(requests, batch_size=batch_size) == baseline, batch_size
+
+
+def test_bfloat16_weights_keep_float32_sampling(lm, case):
+    model = CosyVoice3LM(lm.config).eval()
+    model.load_official_state_dict(lm.official_state_dict())
+    model.to(torch.bfloat16)
+    assert model.llm.inv_freq.dtype == torch.float32
+    request = LMRequest(case["text_ids"], case["prompt_text_ids"], case["prompt_speech_token"], 11, 4, 40)
+    (result,) = model.generate([request], batch_size=1)
+    assert 4 <= len(result.tokens) <= 40
+    assert all(0 <= t < lm.config.speech_token_size for t in result.tokens)
