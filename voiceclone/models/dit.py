@@ -77,7 +77,7 @@ class InputEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor) -> torch.Tensor:
         spks = spks.unsqueeze(1).expand(-1, x.shape[1], -1)
         h = self.proj(torch.cat((x, cond, mu, spks), dim=-1))
-        return self.conv_pos_embed(h) + h
+        return h + self.conv_pos_embed(h)  # h first: the sum keeps h's time-major layout
 
 
 class RotaryEmbedding(nn.Module):
@@ -221,9 +221,7 @@ class DiT(nn.Module):
             chunk = torch.arange(frames, device=device) // self.config.static_chunk_size
             visible = chunk.unsqueeze(0) <= chunk.unsqueeze(1)
             return visible if mask is None else visible & mask[:, None, None, :]
-        if mask is None or bool(mask.all()):
-            return None
-        return mask[:, None, None, :]
+        return None if mask is None else mask[:, None, None, :]
 
     def flops(self, frames: int, batch: int) -> int:
         """Matmul FLOPs of one call on `batch` rows of `frames` frames (linears, convs, attention; 2 per MAC)."""

@@ -56,7 +56,7 @@ class PreLookaheadLayer(nn.Module):
         h = F.pad(x.transpose(1, 2), (0, self.lookahead))
         h = F.leaky_relu(self.conv1(h), 0.01)
         h = self.conv2(F.pad(h, (self.conv2.kernel_size[0] - 1, 0)))
-        return h.transpose(1, 2) + x
+        return x + h.transpose(1, 2)
 
 
 class Flow(nn.Module):
