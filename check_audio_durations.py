@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""The old script name: `python check_audio_durations.py OUT [options]` is `voiceclone check-durations OUT [options]`."""
+
+import sys
+
+from voiceclone.cli import app
+
+if __name__ == "__main__":
+    sys.exit(app(args=["check-durations", *sys.argv[1:]], prog_name="check_audio_durations.py"))
