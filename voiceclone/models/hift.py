@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from voiceclone.errors import ModelError
+
+F0_LOOK_AHEAD = 3  # right-context frames of the F0 predictor's first conv (kernel 4)
+FLOW_NOISE_CHANNELS = 80  # the reference draws the flow's fixed noise as randn(1, 80, frames)
 
 
 @dataclass
 class HiFTConfig:
-    """CausalHiFTGenerator settings from the yaml `hift:` block."""
+    """CausalHiFTGenerator settings from the yaml `hift:` block (plus the flow dims its noise tables depend on)."""
 
     in_channels: int = 80
     base_channels: int = 512
@@ -31,3 +43,442 @@ class HiFTConfig:
     f0_in_channels: int = 80
     f0_cond_channels: int = 512
     noise_samples: int = 7_200_000
+    # yaml `flow:` block: its layers are initialised between the flow noise and the HiFT tables
+    flow_vocab_size: int = 6561
+    flow_input_size: int = 80
+    flow_spk_embed_dim: int = 192
+    flow_output_size: int = 80
+    flow_noise_frames: int = 15000
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Output samples per mel frame: prod(upsample_rates) * istft hop (480)."""
+        return math.prod(self.upsample_rates) * self.istft_hop_len
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Construction-time random tables
+
+
+def _consume_uniform(generator: torch.Generator, *shapes: tuple[int, ...]) -> None:
+    """Advance `generator` as uniform default inits of tensors of these shapes do (one 32-bit draw per element)."""
+    for shape in shapes:
+        torch.empty(shape, device="cpu").uniform_(generator=generator)
+
+
+def _generator_at_hift_tables(config: HiFTConfig) -> torch.Generator:
+    """A CPU generator in the state the reference's global one has when SineGen2 draws `rand_ini`.
+
+    The reference seeds 0 in the flow's CFM constructor, draws the flow noise, then default-initialises the flow's
+    token embedding and speaker projection and the F0 predictor (weight-normed convs, then the classifier).
+    """
+    g = torch.Generator(device="cpu").manual_seed(0)
+    torch.randn(1, FLOW_NOISE_CHANNELS, config.flow_noise_frames, generator=g, device="cpu")
+    torch.empty(config.flow_vocab_size, config.flow_input_size, device="cpu").normal_(generator=g)
+    _consume_uniform(g, (config.flow_output_size, config.flow_spk_embed_dim), (config.flow_output_size,))
+    cond = config.f0_cond_channels
+    _consume_uniform(g, (cond, config.f0_in_channels, F0_LOOK_AHEAD + 1), (cond,))
+    for _ in range(4):
+        _consume_uniform(g, (cond, cond, 3), (cond,))
+    _consume_uniform(g, (config.f0_num_class, cond), (config.f0_num_class,))
+    return g
+
+
+@dataclass
+class ConstructionTables:
+    """The HiFT random tables the reference draws at construction; inference reads only `sine_waves`."""
+
+    rand_ini: Tensor  # (H,) initial phases, first one zero (no effect on the output)
+    sine_waves: Tensor  # (noise_samples, H) U[0,1) noise added to the harmonics
+    uv: Tensor  # (noise_samples,) U[0,1) noise of the unused noise branch
+
+
+def draw_construction_tables(config: HiFTConfig) -> ConstructionTables:
+    """All three tables, bit-exact with the reference (about 0.3 s and 290 MB for the full size)."""
+    g = _generator_at_hift_tables(config)
+    harmonics = config.nb_harmonics + 1
+    rand_ini = torch.rand(harmonics, generator=g, device="cpu")
+    rand_ini[0] = 0.0
+    sine_waves = torch.rand(config.noise_samples, harmonics, generator=g, device="cpu")
+    _consume_uniform(g, (1, harmonics), (1,))  # m_source.l_linear default init
+    uv = torch.rand(config.noise_samples, generator=g, device="cpu")
+    return ConstructionTables(rand_ini, sine_waves, uv)
+
+
+class SineNoiseTable:
+    """The fixed `sine_waves` table, drawn lazily: rows are appended in draw order the first time they are needed.
+
+    CPU uniform draws are serial, so any prefix equals the same rows of the full reference table; memory grows with
+    the longest utterance seen (36 bytes per sample) instead of 259 MB up front.
+    """
+
+    def __init__(self, config: HiFTConfig):
+        self.limit = config.noise_samples
+        self._generator = _generator_at_hift_tables(config)
+        torch.rand(config.nb_harmonics + 1, generator=self._generator, device="cpu")  # rand_ini
+        self._rows = torch.empty(0, config.nb_harmonics + 1)
+        self._lock = threading.Lock()
+
+    def head(self, n: int) -> Tensor:
+        """The first `n` rows (n, H) as float32 on the CPU."""
+        if n > self.limit:
+            raise ModelError(f"HiFT noise table covers {self.limit} samples; an utterance needs {n} (split the text)")
+        with self._lock:
+            have = self._rows.shape[0]
+            if n > have:
+                grow = min(self.limit, max(n, 2 * have)) - have
+                fresh = torch.rand(grow, self._rows.shape[1], generator=self._generator, device="cpu")
+                self._rows = torch.cat([self._rows, fresh])
+            return self._rows[:n]
+
+
+_noise_tables: dict[tuple, SineNoiseTable] = {}
+_noise_tables_lock = threading.Lock()
+
+
+def sine_noise_table(config: HiFTConfig) -> SineNoiseTable:
+    """The process-wide table for this config (shared by every HiFT whose RNG-relevant dims match)."""
+    key = (
+        config.nb_harmonics,
+        config.noise_samples,
+        config.f0_num_class,
+        config.f0_in_channels,
+        config.f0_cond_channels,
+        config.flow_vocab_size,
+        config.flow_input_size,
+        config.flow_spk_embed_dim,
+        config.flow_output_size,
+        config.flow_noise_frames,
+    )
+    with _noise_tables_lock:
+        if key not in _noise_tables:
+            _noise_tables[key] = SineNoiseTable(config)
+        return _noise_tables[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class PaddedConv1d(nn.Conv1d):
+    """Conv1d after zero padding `pad` = (left, right); `weight_normed` marks a weight-norm pair in hift.pt."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        pad: tuple[int, int],
+        stride: int = 1,
+        dilation: int = 1,
+        weight_normed: bool = True,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, dtype=dtype)
+        self.pad, self.weight_normed = pad, weight_normed
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class UpsampleConv1d(PaddedConv1d):
+    """Nearest-neighbour upsampling by `factor`, then a left-causal conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, factor: int):
+        super().__init__(in_channels, out_channels, kernel_size, pad=(kernel_size - 1, 0))
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.repeat_interleave(self.factor, dim=2))
+
+
+class Snake(nn.Module):
+    """x + 1/(alpha + 1e-9) * sin(alpha * x)^2 with a per-channel alpha (linear scale)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha = self.alpha[:, None]
+        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+
+
+class ResBlock(nn.Module):
+    """For each dilation d: x = x + conv2(snake2(conv1_d(snake1(x)))), all convs left-causal."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
+        super().__init__()
+        k = kernel_size
+        self.convs1 = nn.ModuleList(
+            PaddedConv1d(channels, channels, k, pad=(d * (k - 1), 0), dilation=d) for d in dilations
+        )
+        self.convs2 = nn.ModuleList(PaddedConv1d(channels, channels, k, pad=(k - 1, 0)) for _ in dilations)
+        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        layers = zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True)
+        for conv1, conv2, act1, act2 in layers:
+            x = x + conv2(act2(conv1(act1(x))))
+        return x
+
+
+class F0Predictor(nn.Module):
+    """CausalConvRNNF0Predictor: k4 conv with 3 frames of look-ahead, four left-causal k3 convs, ELU, Linear, abs.
+
+    Always float64, weights included: the reference casts weight norm's g and v to float64 and folds them there.
+    """
+
+    def __init__(self, in_channels: int, cond_channels: int, num_class: int):
+        super().__init__()
+        f64 = torch.float64
+        first = PaddedConv1d(in_channels, cond_channels, F0_LOOK_AHEAD + 1, pad=(0, F0_LOOK_AHEAD), dtype=f64)
+        layers: list[nn.Module] = [first, nn.ELU()]
+        for _ in range(4):
+            layers += [PaddedConv1d(cond_channels, cond_channels, 3, pad=(2, 0), dtype=f64), nn.ELU()]
+        self.condnet = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cond_channels, num_class, dtype=f64)
+
+    def _apply(self, fn, recurse=True):
+        """Follow device moves (`.to`, `.cuda`, `to_empty`) but never change dtype."""
+
+        def keep_dtype(t: Tensor) -> Tensor:
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+        return super()._apply(keep_dtype, recurse)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """(B, 80, T) -> F0 in Hz (B, T) float64."""
+        x = self.condnet(mel.double()).transpose(1, 2)
+        return self.classifier(x).squeeze(-1).abs()
+
+
+class HarmonicSource(nn.Module):
+    """SourceModuleHnNSF with the causal SineGen2: harmonic sines from frame-rate F0 plus fixed noise, tanh(Linear)."""
+
+    def __init__(self, config: HiFTConfig, noise: SineNoiseTable):
+        super().__init__()
+        self.config, self.noise = config, noise
+        self.l_linear = nn.Linear(config.nb_harmonics + 1, 1)
+
+    def forward(self, f0: Tensor) -> Tensor:
+        """F0 per frame (B, T) float32 -> excitation (B, T * samples_per_frame) float32.
+
+        The reference upsamples F0 to samples, downsamples the per-sample phase increments linearly (reading two
+        samples of the same frame) and upsamples the phase back with nearest, so the sines are constant within a frame
+        and are computed here per frame; the sample-rate noise goes through the (linear) merge layer once per call.
+        """
+        cfg, up = self.config, self.config.samples_per_frame
+        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=f0.dtype, device=f0.device)
+        rad = (f0[..., None] * harmonics / cfg.sampling_rate) % 1
+        phase = torch.cumsum(rad, dim=1) * 2 * math.pi * up
+        sines = torch.sin(phase) * cfg.nsf_alpha
+        uv = (f0 > cfg.nsf_voiced_threshold).to(f0.dtype)
+        noise_amp = uv * cfg.nsf_sigma + (1 - uv) * cfg.nsf_alpha / 3
+        w, b = self.l_linear.weight.float(), self.l_linear.bias.float()
+        harmonic = F.linear(sines * uv[..., None], w).squeeze(-1)
+        n_samples = f0.shape[1] * up
+        noise = F.linear(self.noise.head(n_samples), w.cpu()).squeeze(-1).to(f0.device)
+        merged = harmonic.repeat_interleave(up, dim=1) + noise_amp.repeat_interleave(up, dim=1) * noise
+        return torch.tanh(merged + b)
+
+
+def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
+    """Effective weight g * v / ||v||, the norm over all dims but 0, computed in float64."""
+    v = v.double()
+    norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+    return g.double().view_as(norm) * v / norm
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The vocoder
+
+
+class HiFT(nn.Module):
+    """CosyVoice3 CausalHiFTGenerator: mel (80 x T) -> 24 kHz waveform (T * 480 samples).
+
+    `.to(dtype)` sets the dtype of the convolution stack (float32, bfloat16 or float16); the F0 predictor stays
+    float64 and the source, STFT and iSTFT run in float32, as in the reference.
+    """
+
+    def __init__(self, config: HiFTConfig):
+        super().__init__()
+        self.config = config
+        noise = sine_noise_table(config)
+        with torch.device("meta"):  # no default init: every weight comes from a checkpoint
+            self._build(config, noise)
+        self.to_empty(device="cpu")
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.fill_(1.0 if name.endswith(".alpha") else 0.0)
+
+    def _build(self, cfg: HiFTConfig, noise: SineNoiseTable) -> None:
+        ch, rates = cfg.base_channels, cfg.upsample_rates
+        stft_channels = cfg.istft_n_fft + 2
+        self.m_source = HarmonicSource(cfg, noise)
+        look_right = cfg.conv_pre_look_right
+        self.conv_pre = PaddedConv1d(cfg.in_channels, ch, look_right + 1, pad=(0, look_right))
+        self.ups = nn.ModuleList(
+            UpsampleConv1d(ch // 2**i, ch // 2 ** (i + 1), k, u)
+            for i, (u, k) in enumerate(zip(rates, cfg.upsample_kernel_sizes, strict=True))
+        )
+        self.source_downs = nn.ModuleList()
+        self.source_resblocks = nn.ModuleList()
+        for i, (k, d) in enumerate(
+            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        ):
+            stride = math.prod(rates[i + 1 :])  # STFT frame rate -> rate after upsample stage i
+            kernel = 2 * stride if stride > 1 else 1
+            down = PaddedConv1d(
+                stft_channels, ch // 2 ** (i + 1), kernel, pad=(stride - 1, 0), stride=stride, weight_normed=False
+            )
+            self.source_downs.append(down)
+            self.source_resblocks.append(ResBlock(ch // 2 ** (i + 1), k, d))
+        self.resblocks = nn.ModuleList(
+            ResBlock(ch // 2 ** (i + 1), k, d)
+            for i in range(len(rates))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True)
+        )
+        self.conv_post = PaddedConv1d(ch // 2 ** len(rates), stft_channels, 7, pad=(6, 0))
+        self.f0_predictor = F0Predictor(cfg.f0_in_channels, cfg.f0_cond_channels, cfg.f0_num_class)
+
+    # -- checkpoint keys ------------------------------------------------------------------------------------------
+
+    def _official_layout(self) -> dict[str, tuple[str, str]]:
+        """hift.pt key -> (our parameter name, role): role "g"/"v" for weight-norm halves, "tensor" otherwise."""
+        layout = {}
+        for name, _ in self.named_parameters():
+            module_name, _, leaf = name.rpartition(".")
+            if leaf == "weight" and getattr(self.get_submodule(module_name), "weight_normed", False):
+                layout[f"{module_name}.parametrizations.weight.original0"] = (name, "g")
+                layout[f"{module_name}.parametrizations.weight.original1"] = (name, "v")
+            else:
+                layout[name] = (name, "tensor")
+        return layout
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        """Float32 CPU tensors keyed as hift.pt in the parametrizations form (g = ||w|| per output channel, v = w)."""
+        params = dict(self.named_parameters())
+        out = {}
+        for key, (name, role) in self._official_layout().items():
+            p = params[name].detach().to("cpu", torch.float32)
+            if role == "g":
+                out[key] = p.double().flatten(1).norm(dim=1).float().view(-1, *([1] * (p.dim() - 1)))
+            else:
+                out[key] = p.clone()
+        return out
+
+    def load_official_state_dict(self, sd: dict[str, Tensor]) -> None:
+        """Load hift.pt tensors (either weight-norm form, optional `generator.` prefix), folding weight norm; strict."""
+        legacy = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+        tensors, origin = {}, {}
+        for file_key, value in sd.items():
+            key = file_key.removeprefix("generator.")
+            for old, new in legacy.items():
+                if key.endswith(old):
+                    key = key[: -len(old)] + new
+            tensors[key], origin[key] = value, file_key
+        layout = self._official_layout()
+        params = dict(self.named_parameters())
+        for key, value in tensors.items():
+            if key not in layout:
+                raise ModelError(f"hift.pt: unexpected key {origin[key]}")
+            name, role = layout[key]
+            shape = params[name].shape
+            expected = (shape[0],) + (1,) * (len(shape) - 1) if role == "g" else tuple(shape)
+            if tuple(value.shape) != expected:
+                raise ModelError(f"hift.pt: {origin[key]} has shape {list(value.shape)}, expected {list(expected)}")
+        for key in layout:
+            if key not in tensors:
+                raise ModelError(f"hift.pt: missing key {key}")
+        with torch.no_grad():
+            for key, (name, role) in layout.items():
+                if role == "g":
+                    weight = fold_weight_norm(tensors[key], tensors[key.replace("original0", "original1")])
+                    params[name].copy_(weight)
+                elif role == "tensor":
+                    params[name].copy_(tensors[key])
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the convolution stack."""
+        return self.conv_pre.weight.dtype
+
+    # -- inference ------------------------------------------------------------------------------------------------
+
+    def predict_f0(self, mel: Tensor) -> Tensor:
+        """F0 in Hz (B, T) float64 from mels (B, 80, T); frames past a row's end must be zero (the look-ahead)."""
+        return self.f0_predictor(mel)
+
+    def excitation(self, f0: Tensor) -> Tensor:
+        """The harmonic-plus-noise source (B, T * 480) float32 from F0 per frame (B, T)."""
+        return self.m_source(f0.float())
+
+    def _window(self, device: torch.device) -> Tensor:
+        return torch.hann_window(self.config.istft_n_fft, periodic=True, dtype=torch.float64).float().to(device)
+
+    def _source_stft(self, source: Tensor, window: Tensor) -> Tensor:
+        """Real and imaginary STFT parts (18, frames) of one row's excitation, reflect-padded at both ends."""
+        n_fft, hop = self.config.istft_n_fft, self.config.istft_hop_len
+        spec = torch.stft(source, n_fft, hop, n_fft, window=window, center=True, return_complex=True)
+        return torch.cat([spec.real, spec.imag], dim=0)
+
+    def decode(self, mel: Tensor, source_stft: Tensor) -> Tensor:
+        """Convolution stack: mel (B, 80, T) and source STFT (B, 18, 120T+1) -> iSTFT coefficients (B, 18, 120T+1)."""
+        x = self.conv_pre(mel)
+        n_kernels = len(self.config.resblock_kernel_sizes)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, self.config.lrelu_slope))
+            if i == len(self.ups) - 1:
+                x = F.pad(x, (1, 0), mode="reflect")
+            x = x + self.source_resblocks[i](self.source_downs[i](source_stft))
+            blocks = self.resblocks[i * n_kernels : (i + 1) * n_kernels]
+            xs = blocks[0](x)
+            for block in blocks[1:]:
+                xs = xs + block(x)
+            x = xs / n_kernels
+        return self.conv_post(F.leaky_relu(x)).float()
+
+    def _istft(self, coefficients: Tensor, window: Tensor) -> Tensor:
+        """One row's (18, frames) coefficients -> waveform: exp magnitude (max 100), sin phase, inverse STFT."""
+        n_fft, hop = self.config.istft_n_fft, self.config.istft_hop_len
+        bins = n_fft // 2 + 1
+        magnitude = torch.exp(coefficients[:bins]).clip(max=1e2)
+        phase = torch.sin(coefficients[bins:])
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        return torch.istft(spec, n_fft, hop, n_fft, window=window, center=True)
+
+    @torch.inference_mode()
+    def inference(self, mels: list[Tensor], finalize: bool = True) -> list[Tensor]:
+        """Waveforms (T_i * 480,) for mels (80, T_i); each row equals its batch-1 result.
+
+        Rows are zero-padded to the longest, which is exactly the right context the causal stack sees at the end of a
+        row; the STFT and iSTFT, whose reflect padding and window normalisation depend on the row end, run per row.
+        With `finalize=False` (a streaming chunk) the samples that still depend on future frames are dropped:
+        (T_i - 8) * 480 samples remain (3 frames of F0 look-ahead, 4 of `conv_pre`, one trailing frame).
+        """
+        cfg, up = self.config, self.config.samples_per_frame
+        if not mels:
+            return []
+        lengths = [m.shape[-1] for m in mels]
+        device = mels[0].device
+        mel = torch.zeros(len(mels), cfg.in_channels, max(lengths), dtype=mels[0].dtype, device=device)
+        for i, m in enumerate(mels):
+            mel[i, :, : lengths[i]] = m
+        source = self.excitation(self.predict_f0(mel))
+        window = self._window(device)
+        stft_frames = [t * up // cfg.istft_hop_len + 1 for t in lengths]
+        source_stft = torch.zeros(len(mels), cfg.istft_n_fft + 2, max(stft_frames), device=device)
+        for i, t in enumerate(lengths):
+            source_stft[i, :, : stft_frames[i]] = self._source_stft(source[i, : t * up], window)
+        coefficients = self.decode(mel.to(self.compute_dtype), source_stft.to(self.compute_dtype))
+        lost_frames = 0 if finalize else F0_LOOK_AHEAD + cfg.conv_pre_look_right + 1
+        speech = []
+        for i, t in enumerate(lengths):
+            if t <= lost_frames:
+                raise ValueError(f"a non-final HiFT chunk needs more than {lost_frames} frames, got {t}")
+            wave = self._istft(coefficients[i, :, : stft_frames[i]], window)[: (t - lost_frames) * up]
+            speech.append(wave.clamp(-cfg.audio_limit, cfg.audio_limit))
+        return speech
