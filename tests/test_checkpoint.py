@@ -10,13 +10,19 @@ import pytest
 import torch
 
 from voiceclone.checkpoint import (
+    CONVERTED_CONFIG,
     ModelConfig,
     YamlCall,
+    convert,
     inspect,
+    load_model,
+    load_pt,
+    load_safetensors,
     read_config,
     read_hyperpyyaml,
 )
 from voiceclone.errors import ModelError
+from voiceclone.models.hift import fold_weight_norm
 
 
 def link_copy(src: Path, dst: Path, replace: tuple[str, ...] = ()) -> Path:
@@ -156,8 +162,155 @@ def test_inspect_reports_missing_files(v3_model_dir, tmp_path):
 
 
 def test_load_pt_refuses_pickled_objects(tmp_path):
-    from voiceclone.checkpoint import load_pt
-
     torch.save({"a": torch.ones(2), "b": [1, 2]}, tmp_path / "x.pt")
     with pytest.raises(ModelError, match="x.pt: not a state dict of tensors"):
         load_pt(tmp_path / "x.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading, converting.
+
+
+@pytest.fixture(scope="module")
+def official(v3_model_dir):
+    return load_model(v3_model_dir)
+
+
+@pytest.fixture(scope="module")
+def converted_dir(v3_model_dir, tmp_path_factory) -> Path:
+    return convert(v3_model_dir, tmp_path_factory.mktemp("conv") / "converted")
+
+
+def stage_outputs(model) -> dict[str, torch.Tensor]:
+    """LM logits, flow mel and HiFT wave of one small fixed input."""
+    prefix = model.lm.prefix_embeds([13, 474], [40, 1079, 264], [5, 600, 6000, 17])
+    tokens = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]) * 97
+    prompt_feat = torch.linspace(-4, 1, 8 * 80).reshape(8, 80)
+    embedding = torch.linspace(-1, 1, 192)[None]
+    mel = model.flow.inference([tokens], [tokens[:4]], [prompt_feat], embedding)[0]
+    return {
+        "logits": model.lm.teacher_forced_logits(prefix, [7, 8, 9]),
+        "mel": mel,
+        "wave": model.hift.inference([mel])[0],
+    }
+
+
+def test_load_official_fixture(official, v3_model_dir):
+    assert official.config == read_config(v3_model_dir)
+    assert official.model_id == inspect(v3_model_dir)["model_id"]
+    assert official.tokenizer.endofprompt_id == 151646
+    for name, module in (("llm", official.lm), ("flow", official.flow)):
+        saved, ours = load_pt(v3_model_dir / f"{name}.pt"), module.official_state_dict()
+        assert saved.keys() == ours.keys()
+        assert all(torch.equal(saved[k], ours[k]) for k in saved), name
+    saved, ours = load_pt(v3_model_dir / "hift.pt"), official.hift.state_dict()
+    for key, value in saved.items():
+        if key.endswith("original1"):
+            module = key.removesuffix(".parametrizations.weight.original1")
+            weight = ours[f"{module}.weight"]
+            folded = fold_weight_norm(saved[f"{module}.parametrizations.weight.original0"], value).to(weight.dtype)
+            assert torch.equal(weight, folded), key
+        elif not key.endswith("original0"):
+            assert torch.equal(ours[key], value.to(ours[key].dtype)), key
+
+
+def test_legacy_hift_weight_norm_form_loads_the_same(official, v3_model_dir, tmp_path):
+    model = link_copy(v3_model_dir, tmp_path / "m", replace=("hift.pt",))
+    legacy = {
+        "generator."
+        + k.replace(".parametrizations.weight.original0", ".weight_g").replace(
+            ".parametrizations.weight.original1", ".weight_v"
+        ): v
+        for k, v in load_pt(v3_model_dir / "hift.pt").items()
+    }
+    assert any(k.endswith(".weight_g") for k in legacy)
+    torch.save(legacy, model / "hift.pt")
+    loaded = load_model(model)
+    ours, reference = loaded.hift.state_dict(), official.hift.state_dict()
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+    assert loaded.model_id != official.model_id
+
+
+def test_convert_round_trip(official, converted_dir, v3_model_dir):
+    info = json.loads((converted_dir / CONVERTED_CONFIG).read_text())
+    assert (converted_dir / CONVERTED_CONFIG).stat().st_size < 8192
+    assert info["format_version"] == 1 and info["source"]["llm_file"] == "llm.pt"
+    loaded = load_model(converted_dir)
+    assert loaded.config == official.config
+    assert loaded.model_id == official.model_id  # the same weights resume each other's runs
+    for name in ("lm", "flow", "hift"):
+        a, b = getattr(official, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert "llm.model.lm_head.weight" not in load_safetensors(converted_dir / "llm.safetensors")
+    assert not any("parametrizations" in k for k in load_safetensors(converted_dir / "hift.safetensors"))
+    expected, got = stage_outputs(official), stage_outputs(loaded)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert expected["wave"].abs().max() > 0
+    for name in ("campplus.onnx", "speech_tokenizer_v3.onnx", "CosyVoice-BlankEN/vocab.json"):
+        assert (converted_dir / name).read_bytes() == (v3_model_dir / name).read_bytes()
+    report = inspect(converted_dir)
+    assert (report["format"], report["problems"], report["model_id"]) == ("converted", [], official.model_id)
+    assert report["networks"]["hift"]["elements"] < inspect(v3_model_dir)["networks"]["hift"]["elements"]
+
+
+def test_convert_refuses_existing_output_and_leaves_no_temporaries(v3_model_dir, converted_dir):
+    with pytest.raises(ModelError, match="already exists"):
+        convert(v3_model_dir, converted_dir)
+    with pytest.raises(ModelError, match="already a converted directory"):
+        convert(converted_dir, converted_dir.parent / "again")
+    assert [p.name for p in converted_dir.parent.iterdir()] == ["converted"]
+
+
+def _truncate(path: Path, source: Path) -> None:
+    path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+
+
+def _wrong_shape(path: Path, source: Path) -> None:
+    state = dict(load_pt(source))
+    state["pre_lookahead_layer.conv1.bias"] = torch.zeros(65)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "message"),
+    [
+        ("hift.pt", None, r"hift\.pt: missing"),
+        ("campplus.onnx", None, r"campplus\.onnx: missing"),
+        ("CosyVoice-BlankEN/vocab.json", None, r"vocab\.json: missing"),
+        ("flow.pt", _truncate, r"flow\.pt: not a readable PyTorch checkpoint"),
+        ("flow.pt", _wrong_shape, r"flow\.pt: .*pre_lookahead_layer\.conv1\.bias.*shape"),
+    ],
+)
+def test_load_errors_name_the_file(v3_model_dir, tmp_path, file, damage, message):
+    model = link_copy(v3_model_dir, tmp_path / "m", replace=(file,))
+    if damage:
+        damage(model / file, v3_model_dir / file)
+    with pytest.raises(ModelError, match=message) as info:
+        load_model(model)
+    assert "\n" not in str(info.value) and str(model) in str(info.value)
+
+
+def test_load_rl_file_on_request(v3_model_dir, tmp_path):
+    model = link_copy(v3_model_dir, tmp_path / "m")
+    with pytest.raises(ModelError, match=r"llm\.rl\.pt: missing"):
+        load_model(model, llm_file="llm.rl.pt")
+    os.symlink((v3_model_dir / "llm.pt").resolve(), model / "llm.rl.pt")
+    assert load_model(model, llm_file="llm.rl.pt").config == read_config(v3_model_dir)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_converted_errors_name_the_file(converted_dir, tmp_path, damage):
+    model = link_copy(converted_dir, tmp_path / "c", replace=("flow.safetensors",))
+    if damage == "garbled":
+        (model / "flow.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ModelError, match=r"flow\.safetensors: (missing|not a readable safetensors)"):
+        load_model(model)
+
+
+def test_converted_config_version_checked(converted_dir, tmp_path):
+    model = link_copy(converted_dir, tmp_path / "c", replace=(CONVERTED_CONFIG,))
+    info = json.loads((converted_dir / CONVERTED_CONFIG).read_text())
+    (model / CONVERTED_CONFIG).write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(ModelError, match="voiceclone.json: .*convert the model again"):
+        read_config(model)

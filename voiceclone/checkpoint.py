@@ -9,30 +9,25 @@ import json
 import operator
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 
 from voiceclone.audio import MelConfig
 from voiceclone.errors import ModelError
+from voiceclone.frontend import PromptFrontend
 from voiceclone.models.dit import DiTConfig
-from voiceclone.models.flow import FlowConfig
-from voiceclone.models.hift import HiFTConfig
-from voiceclone.models.lm import LMConfig
+from voiceclone.models.flow import Flow, FlowConfig
+from voiceclone.models.hift import HiFT, HiFTConfig
+from voiceclone.models.lm import CosyVoice3LM, LMConfig
 from voiceclone.models.qwen2 import Qwen2Config
-
-if TYPE_CHECKING:
-    from voiceclone.frontend import PromptFrontend
-    from voiceclone.models.flow import Flow
-    from voiceclone.models.hift import HiFT
-    from voiceclone.models.lm import CosyVoice3LM
-    from voiceclone.text import Tokenizer
+from voiceclone.text import Tokenizer
 
 FORMAT_VERSION = 1
 CONVERTED_CONFIG = "voiceclone.json"
@@ -215,12 +210,6 @@ def _need(mapping: Any, key: str, where: str) -> Any:
     return values[key]
 
 
-def _known(cls: type, values: dict) -> dict:
-    """The entries of `values` that are fields of the dataclass `cls`."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
-
-
 def family_of(model_dir: Path) -> str:
     """The model family named by the directory's yaml (or converted config); unsupported families raise ModelError."""
     converted = model_dir / CONVERTED_CONFIG
@@ -259,13 +248,15 @@ def _read_json(path: Path) -> dict:
 
 
 def _qwen_config(path: Path) -> Qwen2Config:
-    data = _read_json(path)
-    names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
-    values = {name: _need(data, name, str(path)) for name in (*names, "intermediate_size")}
-    values.update(_known(Qwen2Config, {k: data[k] for k in ("rope_theta", "rms_norm_eps") if k in data}))
-    if data.get("max_position_embeddings") is not None:
-        values["max_position_embeddings"] = data["max_position_embeddings"]
-    return Qwen2Config(**values)
+    try:
+        return Qwen2Config.from_hf(_read_json(path))
+    except ModelError as exc:
+        raise ModelError(f"{path}: {_strip_file_prefix(exc)}") from None
+
+
+def _strip_file_prefix(exc: Exception) -> str:
+    """The message of an error raised by a network or config loader, without its own short file-name prefix."""
+    return re.sub(r"^[\w.-]+\.(pt|json): ", "", _first_line(exc))
 
 
 _DIT_KEYS = (
@@ -301,8 +292,9 @@ _HIFT_KEYS = (
 _MEL_KEYS = ("n_fft", "num_mels", "sampling_rate", "hop_size", "win_size", "fmin", "fmax", "center")
 
 
-def _official_config(model_dir: Path, speech_rows: int) -> ModelConfig:
-    """ModelConfig of an official directory; `speech_rows` is the row count of llm.pt's `speech_embedding`."""
+def _official_config(model_dir: Path, llm_state: dict[str, torch.Tensor], llm_path: Path) -> ModelConfig:
+    """ModelConfig of an official directory: the yaml, `CosyVoice-BlankEN/config.json`, and llm.pt's decoder shapes."""
+    speech_rows = _speech_rows(llm_state, llm_path)
     yaml_path = model_dir / "cosyvoice3.yaml"
     where = str(yaml_path)
     top = _read_yaml(yaml_path)
@@ -319,6 +311,7 @@ def _official_config(model_dir: Path, speech_rows: int) -> ModelConfig:
         qwen=qwen,
         speech_token_size=speech_token_size,
         extra_tokens=speech_rows - speech_token_size,
+        decoder_bias="llm_decoder.bias" in llm_state,
         **{k: _need(sampling, k, f"{where}: llm.sampling") for k in ("top_p", "top_k", "win_size", "tau_r")},
     )
 
@@ -443,7 +436,7 @@ def read_config(path: str | Path, llm_file: str = "llm.pt") -> ModelConfig:
     if is_converted(model_dir):
         return _converted_config(model_dir / CONVERTED_CONFIG)
     llm_path = model_dir / llm_file
-    return _official_config(model_dir, _speech_rows(load_pt(llm_path), llm_path))
+    return _official_config(model_dir, load_pt(llm_path), llm_path)
 
 
 def _converted_config(path: Path) -> ModelConfig:
@@ -520,10 +513,6 @@ class LoadedModel:
 
 def _build_networks(config: ModelConfig, states: dict[str, tuple[Path, dict]], official: bool) -> dict[str, Any]:
     """Build the three networks on the CPU in float32 and load their state dicts (strict)."""
-    from voiceclone.models.flow import Flow
-    from voiceclone.models.hift import HiFT
-    from voiceclone.models.lm import CosyVoice3LM
-
     networks = {"llm": CosyVoice3LM(config.lm), "flow": Flow(config.flow), "hift": HiFT(config.hift)}
     for name, module in networks.items():
         path, state = states[name]
@@ -532,10 +521,8 @@ def _build_networks(config: ModelConfig, states: dict[str, tuple[Path, dict]], o
                 module.load_official_state_dict(state)
             else:
                 module.load_state_dict(state, strict=True)
-        except ModelError as exc:
-            raise ModelError(f"{path}: {exc}") from None
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise ModelError(f"{path}: {_first_line(exc)}") from None
+        except (ModelError, RuntimeError, KeyError, ValueError) as exc:
+            raise ModelError(f"{path}: {_strip_file_prefix(exc)}") from None
         module.eval().requires_grad_(False)
     return networks
 
@@ -552,7 +539,7 @@ def _read_states(model_dir: Path, llm_file: str) -> tuple[ModelConfig, dict[str,
         _check_files(model_dir, _official_files(llm_file))
         paths = {name: model_dir / file for name, file in _network_files(False, llm_file).items()}
         states = {name: (path, load_pt(path)) for name, path in paths.items()}
-        config = _official_config(model_dir, _speech_rows(states["llm"][1], paths["llm"]))
+        config = _official_config(model_dir, states["llm"][1], paths["llm"])
     return config, states, model_id_of(model_dir, llm_file)
 
 
@@ -569,9 +556,6 @@ def load_model(
         from voiceclone.demo import demo_model_dir
 
         path = demo_model_dir()
-    from voiceclone.frontend import PromptFrontend
-    from voiceclone.text import Tokenizer
-
     model_dir = _existing_dir(path)
     config, states, model_id = _read_states(model_dir, llm_file)
     networks = _build_networks(config, states, official=not is_converted(model_dir))
@@ -600,12 +584,17 @@ def _write_atomically(dst: Path, fill: Any, overwrite: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() and not overwrite:
         raise ModelError(f"{dst}: already exists (choose another output directory)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # unlike mkdtemp, honours the umask
     try:
         fill(tmp)
+        file_mode = tmp.stat().st_mode & 0o666
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                path.chmod(file_mode)
         if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, old / dst.name)
+            old = dst.parent / f".{dst.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.replace(dst, old)
             os.replace(tmp, dst)
             shutil.rmtree(old, ignore_errors=True)
         else:

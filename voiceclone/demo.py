@@ -20,9 +20,9 @@ from voiceclone.audio import MelConfig
 from voiceclone.checkpoint import BLANK_EN, ModelConfig
 from voiceclone.errors import UsageError
 from voiceclone.models.dit import DiTConfig
-from voiceclone.models.flow import FlowConfig
-from voiceclone.models.hift import HiFTConfig
-from voiceclone.models.lm import LMConfig
+from voiceclone.models.flow import Flow, FlowConfig
+from voiceclone.models.hift import HiFT, HiFTConfig
+from voiceclone.models.lm import CosyVoice3LM, LMConfig
 from voiceclone.models.qwen2 import Qwen2Config
 from voiceclone.text import QWEN2_SPLIT_PATTERN
 
@@ -423,10 +423,6 @@ def randomize_(module: nn.Module, generator: torch.Generator) -> None:
 
 def _random_networks(config: ModelConfig, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """Official state dicts of the three networks after a seeded random draw (one generator per network)."""
-    from voiceclone.models.flow import Flow
-    from voiceclone.models.hift import HiFT
-    from voiceclone.models.lm import CosyVoice3LM
-
     builders = {"llm": (CosyVoice3LM, config.lm), "flow": (Flow, config.flow), "hift": (HiFT, config.hift)}
     states = {}
     for index, (name, (cls, cfg)) in enumerate(builders.items()):
