@@ -6,12 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
-from voiceclone.models.lm import CosyVoice3LM, LMConfig, LMRequest, ras_sample
+from voiceclone.models.lm import CosyVoice3LM, LMConfig, LMRequest, multinomial_draw, nucleus_sizes, ras_sample
 from voiceclone.models.qwen2 import Qwen2Config
 
 LOGITS_TOL = 1e-4
@@ -128,10 +129,22 @@ def test_sampler_replays_reference_logits(lm, tensors, case, seed):
         if i < run["min_len"]:
             logp[lm.config.first_stop_id :] = -float("inf")
         probs, ids = logp.softmax(dim=0).sort(descending=True, stable=True)
-        k = lm.config.top_k
-        history.append(ras_sample(probs[:k], ids[:k], lambda logp=logp: logp, history, generator, lm.config))
+        probs, ids = probs[: lm.config.top_k].numpy(), ids[: lm.config.top_k].numpy()
+        keep = nucleus_sizes(probs[None], lm.config.top_p, lm.config.top_k)[0]
+        history.append(ras_sample(probs[:keep], ids[:keep], lambda logp=logp: logp, history, generator, lm.config))
     assert history[:-1] == run["tokens"]
     assert history[-1] == run["stop_id"]
+
+
+def test_nucleus_and_draw_follow_the_reference_rules():
+    """Nucleus: while the float32 running sum < top_p (crossing token kept), at most top_k; draws equal multinomial."""
+    probs = np.array([[0.5, 0.3, 0.1, 0.1], [0.9, 0.05, 0.03, 0.02], [0.3, 0.2, 0.2, 0.3]], dtype=np.float32)
+    assert nucleus_sizes(probs, 0.8, 25).tolist() == [2, 1, 4]
+    assert nucleus_sizes(probs, 0.8, 3).tolist() == [2, 1, 3]
+    p = torch.tensor([0.05, 0.5, 0.0, 0.25, 0.2])
+    a, b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(50):
+        assert multinomial_draw(p.numpy(), a) == int(torch.multinomial(p, 1, replacement=True, generator=b))
 
 
 def test_generate_matches_reference(lm, case):

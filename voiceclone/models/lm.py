@@ -93,37 +93,41 @@ class _Row:
     steps: int = 0
 
 
-def nucleus_size(sorted_probs: np.ndarray, top_p: float, top_k: int) -> int:
-    """How many of the descending probabilities the reference keeps.
+def nucleus_sizes(sorted_probs: np.ndarray, top_p: float, top_k: int) -> np.ndarray:
+    """How many of each row's descending probabilities (rows, K) the reference nucleus keeps.
 
     It takes tokens while the running float32 sum of those already taken is < top_p and fewer than top_k are taken.
     """
-    running = np.add.accumulate(sorted_probs[: top_k - 1], dtype=np.float32)
+    running = np.add.accumulate(sorted_probs[:, : top_k - 1], axis=1, dtype=np.float32)
     below = running < np.float32(top_p)
-    return 1 + (len(below) if below.all() else int(below.argmin()))
+    return 1 + np.where(below.all(axis=1), below.shape[1], below.argmin(axis=1))
+
+
+def multinomial_draw(probs: np.ndarray, generator: torch.Generator) -> int:
+    """`torch.multinomial(probs, 1)` on CPU: argmax(probs / Exp(1) noise), the same noise draws and the same result."""
+    noise = torch.empty(len(probs)).exponential_(generator=generator).numpy()
+    return int(np.argmax(probs / noise))
 
 
 def ras_sample(
-    sorted_probs: Tensor,
-    sorted_ids: Tensor,
+    nucleus_probs: np.ndarray,
+    nucleus_ids: np.ndarray,
     scores: Callable[[], Tensor],
     history: list[int],
     generator: torch.Generator,
     config: LMConfig,
 ) -> int:
-    """The reference `ras_sampling` for one row, on CPU tensors.
+    """The reference `ras_sampling` for one row: one draw from the nucleus, then the repetition check.
 
-    `sorted_probs`/`sorted_ids` (K,): the top of the stable descending sort of softmax(`scores()`) (V,), the
-    log-probabilities after the stop mask (fetched only when needed). One multinomial draw from the nucleus;
-    if the drawn id occurs >= win_size*tau_r times in the last win_size generated tokens, it is excluded and
-    one draw is made from the full softmax instead.
+    If the drawn id occurs >= win_size*tau_r times in the last win_size generated tokens, it is excluded from
+    `scores()` (the row's log-probabilities after the stop mask, fetched only then) and one id is drawn from
+    their full softmax instead.
     """
-    keep = nucleus_size(sorted_probs.numpy(), config.top_p, config.top_k)
-    drawn = int(sorted_ids[torch.multinomial(sorted_probs[:keep], 1, replacement=True, generator=generator)])
+    drawn = int(nucleus_ids[multinomial_draw(nucleus_probs, generator)])
     if history[-config.win_size :].count(drawn) >= config.win_size * config.tau_r:
         fallback = scores().to("cpu", copy=True)
         fallback[drawn] = -float("inf")
-        drawn = int(torch.multinomial(fallback.softmax(dim=0), 1, replacement=True, generator=generator))
+        drawn = multinomial_draw(fallback.softmax(dim=0).numpy(), generator)
     return drawn
 
 
@@ -266,14 +270,16 @@ class CosyVoice3LM(nn.Module):
             logp[:, self.config.first_stop_id :].masked_fill_(blocked[:, None], -float("inf"))
         probs, ids = logp.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
         top = min(self.config.top_k, logp.shape[-1])
-        probs, ids = probs[:, :top].cpu(), ids[:, :top].cpu()
+        probs, ids = probs[:, :top].cpu().numpy(), ids[:, :top].cpu().numpy()
+        sizes = nucleus_sizes(probs, self.config.top_p, self.config.top_k)
         out: list[int | None] = []
         for s, row in enumerate(rows):
             if row is None:
                 out.append(None)
                 continue
+            keep = sizes[s]
             scores = partial(logp.select, 0, s)
-            out.append(ras_sample(probs[s], ids[s], scores, row.tokens, row.generator, self.config))
+            out.append(ras_sample(probs[s, :keep], ids[s, :keep], scores, row.tokens, row.generator, self.config))
         return out
 
     @torch.inference_mode()
