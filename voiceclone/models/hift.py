@@ -349,13 +349,16 @@ class HiFT(nn.Module):
     def _official_layout(self) -> dict[str, tuple[str, str]]:
         """hift.pt key -> (our parameter name, role): role "g"/"v" for weight-norm halves, "tensor" otherwise."""
         layout = {}
-        for name, _ in self.named_parameters():
-            module_name, _, leaf = name.rpartition(".")
-            if leaf == "weight" and getattr(self.get_submodule(module_name), "weight_normed", False):
-                layout[f"{module_name}.parametrizations.weight.original0"] = (name, "g")
-                layout[f"{module_name}.parametrizations.weight.original1"] = (name, "v")
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            if getattr(module, "weight_normed", False):
+                layout[f"{prefix}bias"] = (f"{prefix}bias", "tensor")
+                layout[f"{prefix}parametrizations.weight.original0"] = (f"{prefix}weight", "g")
+                layout[f"{prefix}parametrizations.weight.original1"] = (f"{prefix}weight", "v")
             else:
-                layout[name] = (name, "tensor")
+                layout.update(
+                    {prefix + leaf: (prefix + leaf, "tensor") for leaf, _ in module.named_parameters(recurse=False)}
+                )
         return layout
 
     def official_state_dict(self) -> dict[str, Tensor]:
