@@ -138,6 +138,10 @@ def _progress(quiet: bool) -> _PlainProgress:
     return _RichProgress() if sys.stderr.isatty() else _PlainProgress()
 
 
+def _demo_notice(loaded) -> None:
+    typer.echo(DEMO_NOTICE, err=True)
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -193,13 +197,12 @@ def synth(
         if dry_run:
             _dry_run(rows, opts, quiet)
             return
-        if model == "demo" and not quiet:
-            typer.echo(DEMO_NOTICE, err=True)
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         from voiceclone.synth import run_synth
 
         try:
-            outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row)
+            on_model = _demo_notice if model == "demo" and not quiet else (lambda loaded: None)
+            outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row, on_model=on_model)
         finally:
             progress.close()
     except VoiceCloneError as e:

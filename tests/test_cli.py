@@ -1,0 +1,136 @@
+"""The command line: exit codes and one-line errors, refusing existing outputs, dry runs, and a real demo run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from voiceclone import __version__
+from voiceclone.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+IDS = ["greeting", "weather", "yes", "callback"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"voiceclone {__version__}"
+
+
+def test_bad_manifest_exits_2_with_located_lines(tmp_path: Path):
+    shutil.copytree(EXAMPLES / "prompts", tmp_path / "prompts")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "id,prompt_audio,prompt_text,target_text\n"
+        "a,prompts/stella_16k.wav,Hi.,Bye.\n"
+        "b,prompts/a.wav,Hi.,Bye.\n"
+        "a,prompts/stella_16k.wav,Hi.,\n"
+    )
+    result = invoke("synth", manifest, "--model", "demo", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert stderr_lines(result) == [
+        f"{manifest}:3: prompt_audio: file not found: prompts/a.wav",
+        f"{manifest}:4: target_text: empty",
+        f"{manifest}:4: id: duplicate id 'a' (first on line 2)",
+        f"3 problems in {manifest}",
+    ]
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2(tmp_path: Path):
+    m = EXAMPLES / "manifest.csv"
+    out = tmp_path / "out"
+    both = invoke("synth", m, "--model", "demo", "--out", out, "--resume", "--force")
+    assert both.exit_code == 2 and "--resume and --force exclude each other" in both.output
+    assert invoke("synth", m, "--model", "demo", "--out", out, "--batch-size", "0").exit_code == 2
+    assert invoke("synth", m, "--model", "demo", "--out", out, "--wav-format", "mp3").exit_code == 2
+    assert invoke("synth", m, "--model", "demo", "--out", out, "--format", "xml").exit_code == 2
+    assert invoke("synth", m, "--out", out).exit_code == 2  # --model is required
+    wrong = invoke("synth", m, "--model", "demo", "--out", out, "--format", "jsonl")
+    assert wrong.exit_code == 2 and f"{m}:1: invalid JSON" in wrong.output
+    assert not out.exists()
+
+
+def test_missing_model_exits_3(tmp_path: Path):
+    result = invoke("synth", EXAMPLES / "manifest.csv", "--model", tmp_path / "no-model", "--out", tmp_path / "out")
+    assert result.exit_code == 3
+    assert stderr_lines(result) == [f"error: {tmp_path / 'no-model'}: model directory does not exist"]
+    assert not (tmp_path / "out").exists()
+    dry = invoke("synth", EXAMPLES / "manifest.csv", "--model", tmp_path, "--out", tmp_path / "out", "--dry-run")
+    assert dry.exit_code == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_exits_4(tmp_path: Path):
+    result = invoke("synth", EXAMPLES / "manifest.csv", "--model", "demo", "--out", tmp_path / "o", "--device", "cuda")
+    assert result.exit_code == 4 and "CUDA is not available" in result.output
+    assert len(stderr_lines(result)) == 1 and not (tmp_path / "o").exists()
+
+
+def test_existing_outputs_are_refused(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "yes.wav").write_bytes(b"keep me")
+    result = invoke("synth", EXAMPLES / "manifest.csv", "--model", "demo", "--out", out)
+    assert result.exit_code == 2
+    assert stderr_lines(result) == [
+        f"error: {out}: already holds outputs (yes.wav); pass --resume to continue or --force to overwrite"
+    ]
+    assert (out / "yes.wav").read_bytes() == b"keep me" and sorted(os.listdir(out)) == ["yes.wav"]
+    dry = invoke("synth", EXAMPLES / "manifest.csv", "--model", "demo", "--out", out, "--dry-run")
+    assert dry.exit_code == 2
+
+
+def test_dry_run_validates_and_writes_nothing(tmp_path: Path):
+    result = invoke("synth", EXAMPLES / "manifest.lst", "--model", "demo", "--out", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert (
+        "dry run: 4 rows valid (2 distinct prompts, 0 with an explicit seed, 4 with reference audio)" in result.output
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_synth_demo_on_the_examples_then_check_durations(tmp_path: Path):
+    """A real run through `python -m voiceclone` on the bundled demo model, checked against examples/reference."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "voiceclone", "synth", "examples/manifest.jsonl", "--model", "demo", "--out", str(out)]
+    run = subprocess.run([*cmd, "--batch-size", "3"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "demo has random weights: its audio is noise" in run.stderr
+    assert sorted(os.listdir(out)) == sorted([f"{i}.wav" for i in IDS] + ["report.csv", "report.jsonl", "summary.json"])
+    report = [json.loads(line) for line in (out / "report.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in report] == IDS and {r["status"] for r in report} == {"ok"}
+    for r in report:
+        info = sf.info(out / f"{r['id']}.wav")
+        assert info.samplerate == r["sample_rate"] == 24000 and info.subtype == "PCM_16"
+        assert info.frames == r["num_samples"] and r["speech_tokens"] * 960 == r["num_samples"]
+        assert r["min_tokens"] <= r["speech_tokens"] <= r["max_tokens"] and r["stop_reason"] in ("eos", "max_len")
+        assert r["text_tokens"] > 0 and r["prompt_text_tokens"] > r["text_tokens"] // 4 and r["seed"] >= 0
+        assert set(r["timings"]) >= {"llm", "flow", "hift"}
+        # the demo model is deterministic: the same length as the wavs the quickstart is checked against
+        assert info.frames == sf.info(EXAMPLES / "reference" / f"{r['id']}.wav").frames
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 4 and summary["failed"] == 0 and summary["sample_rate"] == 24000
+    assert summary["model"] == "demo" and summary["batch_size"] == 3 and summary["device"] == "cpu"
+    check = invoke("check-durations", out, "--manifest", EXAMPLES / "manifest.csv", "--junit", tmp_path / "j.xml")
+    assert check.exit_code == 0, check.output
+    again = invoke("synth", EXAMPLES / "manifest.jsonl", "--model", "demo", "--out", out)
+    assert again.exit_code == 2 and "already holds outputs" in again.output
