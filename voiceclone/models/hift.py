@@ -126,9 +126,10 @@ class SineNoiseTable:
         with self._lock:
             have = self._rows.shape[0]
             if n > have:
-                grow = min(self.limit, max(n, 2 * have)) - have
-                fresh = torch.rand(grow, self._rows.shape[1], generator=self._generator, device="cpu")
-                self._rows = torch.cat([self._rows, fresh])
+                rows = torch.empty(min(self.limit, max(n, 2 * have)), self._rows.shape[1])
+                rows[:have] = self._rows
+                rows[have:].uniform_(generator=self._generator)
+                self._rows = rows
             return self._rows[:n]
 
 
@@ -313,6 +314,7 @@ class HiFT(nn.Module):
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.fill_(1.0 if name.endswith(".alpha") else 0.0)
+        self.requires_grad_(False)
 
     def _build(self, cfg: HiFTConfig, noise: SineNoiseTable) -> None:
         ch, rates = cfg.base_channels, cfg.upsample_rates
@@ -466,6 +468,9 @@ class HiFT(nn.Module):
         if not mels:
             return []
         lengths = [m.shape[-1] for m in mels]
+        lost_frames = 0 if finalize else F0_LOOK_AHEAD + cfg.conv_pre_look_right + 1
+        if min(lengths) <= lost_frames:
+            raise ValueError(f"HiFT needs mels longer than {lost_frames} frames here, got {min(lengths)}")
         device = mels[0].device
         mel = torch.zeros(len(mels), cfg.in_channels, max(lengths), dtype=mels[0].dtype, device=device)
         for i, m in enumerate(mels):
@@ -477,11 +482,8 @@ class HiFT(nn.Module):
         for i, t in enumerate(lengths):
             source_stft[i, :, : stft_frames[i]] = self._source_stft(source[i, : t * up], window)
         coefficients = self.decode(mel.to(self.compute_dtype), source_stft.to(self.compute_dtype))
-        lost_frames = 0 if finalize else F0_LOOK_AHEAD + cfg.conv_pre_look_right + 1
         speech = []
         for i, t in enumerate(lengths):
-            if t <= lost_frames:
-                raise ValueError(f"a non-final HiFT chunk needs more than {lost_frames} frames, got {t}")
             wave = self._istft(coefficients[i, :, : stft_frames[i]], window)[: (t - lost_frames) * up]
             speech.append(wave.clamp(-cfg.audio_limit, cfg.audio_limit))
         return speech
