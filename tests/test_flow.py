@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -105,10 +106,11 @@ def test_config_read_from_yaml(v3_model_dir):
     assert config.pre_lookahead_channels == 64 and config.dit.static_chunk_size == 50
 
 
-def test_noise_table_is_reference_rand_noise(flow, case):
-    assert flow.noise.shape == (1, 80, 15000)
+def test_noise_table_is_reference_rand_noise(flow, case, v3_cases):
+    info = json.loads((v3_cases / "flow.json").read_text())
+    assert list(flow.noise.shape) == info["rand_noise_shape"]
     assert torch.equal(flow.noise[:, :, :256], case["rand_noise_head"])
-    assert abs(flow.noise.double().sum().item() - (-1291.2013939017716)) < 1e-6
+    assert abs(flow.noise.double().sum().item() - info["rand_noise_sum_f64"]) < 1e-6
 
 
 def test_official_state_dict_round_trip(flow, flow_sd):
@@ -175,7 +177,8 @@ def test_bfloat16_weights_keep_float32_positions_and_output(v3_model_dir, flow_s
     assert model.estimator.rotary_embed.inv_freq.dtype == torch.float32
     mel = run_case(model, case)
     assert mel.dtype == torch.float32
-    assert (mel - case["mel"][0]).abs().mean().item() < 0.1
+    error = (mel - case["mel"][0]).abs()
+    assert error.mean().item() < 0.01 and error.max().item() < 0.1  # mel std is about 1.3
 
 
 def test_flops_counts_linears_and_attention():

@@ -39,7 +39,7 @@ class FlowConfig:
 def fixed_noise(channels: int, frames: int) -> torch.Tensor:
     """The reference's `rand_noise` (1, channels, frames): the first normal draw after seeding 0; built once."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
-    return torch.randn(1, channels, frames, generator=generator)
+    return torch.randn(1, channels, frames, generator=generator, device="cpu")  # even under a meta device context
 
 
 class PreLookaheadLayer(nn.Module):
