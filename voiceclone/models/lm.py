@@ -294,7 +294,8 @@ class CosyVoice3LM(nn.Module):
             return results  # type: ignore[return-value]
         prefix_lens = [len(r.prompt_text_ids) + len(r.text_ids) + 2 + len(r.prompt_speech_tokens) for r in requests]
         slots = max(1, min(batch_size, len(waiting)))
-        cache, key_mask = self.new_cache(slots, max(prefix_lens[i] + requests[i].max_len for i in waiting))
+        longest = max(prefix_lens[i] + requests[i].max_len for i in waiting)
+        cache, key_mask = self.new_cache(slots, -(-longest // KV_BUCKET) * KV_BUCKET)
         rows: list[_Row | None] = [None] * slots
         while waiting or any(rows):
             logits = None
