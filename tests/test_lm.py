@@ -216,3 +216,29 @@ def test_bfloat16_weights_keep_float32_sampling(lm, case):
     (result,) = model.generate([request], batch_size=1)
     assert 4 <= len(result.tokens) <= 40
     assert all(0 <= t < lm.config.speech_token_size for t in result.tokens)
+
+
+def test_qwen2_05b_preset_matches_released_key_shapes():
+    """The 0.5B preset builds (on the meta device) exactly the llm.pt keys and shapes of the released CosyVoice3."""
+    tsv = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cosyvoice_keys_v3.tsv"
+    released = {}
+    for line in tsv.read_text().splitlines():
+        file, key, shape = (line.split("\t") + ["", "", ""])[:3]
+        if file == "llm.pt":
+            released[key] = tuple(json.loads(shape))
+    config = Qwen2Config.from_name("qwen2-0.5b")
+    dims = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads)
+    assert dims == (896, 24, 14, 2) and (config.head_dim, config.intermediate_size) == (64, 4864)
+    with torch.device("meta"):
+        model = CosyVoice3LM(LMConfig(qwen=config))
+    assert {k: tuple(v.shape) for k, v in model.official_state_dict().items()} == released
+
+
+def test_qwen2_config_refuses_unsupported_files(v3_model_dir):
+    config = json.loads((v3_model_dir / "CosyVoice-BlankEN" / "config.json").read_text())
+    with pytest.raises(ModelError, match="rope_scaling"):
+        Qwen2Config.from_hf({**config, "rope_scaling": {"type": "yarn", "factor": 4.0}})
+    with pytest.raises(ModelError, match="'num_key_value_heads'"):
+        Qwen2Config.from_hf({k: v for k, v in config.items() if k != "num_key_value_heads"})
+    with pytest.raises(ModelError, match="unknown Qwen2 preset"):
+        Qwen2Config.from_name("qwen2-7b")

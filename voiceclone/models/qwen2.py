@@ -214,8 +214,9 @@ class Qwen2(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         dim = config.head_dim
-        # float32 on purpose and not a buffer, so that `.to(bfloat16)` cannot round the frequencies.
-        self.inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        # float32 on the CPU (as HF computes it) and not a buffer, so that `.to(bfloat16)` cannot round it.
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+        self.inv_freq = 1.0 / (config.rope_theta**exponents)
 
     def forward(
         self,
