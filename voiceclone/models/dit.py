@@ -94,21 +94,19 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def cos_sin(self, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin tables (frames, rot_dim), float32, each frequency repeated for its channel pair."""
+        """cos and signed sin tables (frames, rot_dim), float32; pair (a, b) turns into (a c - b s, b c + a s)."""
         positions = torch.arange(frames, device=self.inv_freq.device, dtype=torch.float32)
         angles = torch.outer(positions, self.inv_freq).repeat_interleave(2, dim=-1)
-        return angles.cos(), angles.sin()
+        sign = torch.tensor([-1.0, 1.0], device=angles.device).repeat(angles.shape[-1] // 2)
+        return angles.cos(), angles.sin() * sign
 
 
-def rotate_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+def rotate_qk(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
     """Rotate, in place, the first rot_dim channels of the projected q and k (before the head split)."""
     batch, frames, _ = qkv.shape
-    rot_dim = cos.shape[-1]
-    qk = qkv.view(batch, frames, 3, -1)[:, :, :2, :rot_dim]
-    pairs = qk.float().unflatten(-1, (-1, 2))
-    rotated_half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    qk.copy_(pairs.flatten(-2) * cos + rotated_half * sin)
+    qk = qkv.view(batch, frames, 3, -1)[:, :, :2, : cos.shape[-1]]
+    swapped = qk.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (a, b) -> (b, a)
+    qk.copy_(torch.addcmul(qk * cos.unsqueeze(1), swapped, signed_sin.unsqueeze(1)))  # in float32
 
 
 class Attention(nn.Module):
@@ -143,20 +141,34 @@ class FeedForward(nn.Module):
 
 
 class AdaLayerNormZero(nn.Module):
-    """Modulation vectors from the time embedding; `chunks` of them in the reference's order."""
+    """Six modulation vectors from SiLU(time embedding): shift, 1 + scale, gate for attention, then for the MLP."""
 
-    def __init__(self, dim: int, chunks: int):
+    def __init__(self, dim: int):
         super().__init__()
-        self.chunks = chunks
-        self.linear = nn.Linear(dim, chunks * dim)
+        self.linear = nn.Linear(dim, 6 * dim)
 
-    def forward(self, t_emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.linear(F.silu(t_emb)).squeeze(0).chunk(self.chunks)
+    def forward(self, silu_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        modulation = self.linear(silu_t).view(2, 3, -1)
+        modulation[:, 1].add_(1)  # the scales become LayerNorm weights
+        return modulation.flatten(0, 1).unbind(0)
 
 
-def modulated_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """LayerNorm(x) * (1 + scale) + shift as one kernel (the modulation is shared by every row)."""
-    return F.layer_norm(x, x.shape[-1:], weight=1 + scale, bias=shift, eps=NORM_EPS)
+class AdaLayerNormZeroFinal(nn.Module):
+    """Two modulation vectors from SiLU(time embedding), in the reference's order: 1 + scale, shift."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+
+    def forward(self, silu_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        modulation = self.linear(silu_t).view(2, -1)
+        modulation[0].add_(1)
+        return modulation.unbind(0)
+
+
+def modulated_norm(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """LayerNorm(x) * (1 + scale) + shift as one kernel: the modulation, shared by every row, is the LN affine."""
+    return F.layer_norm(x, x.shape[-1:], weight=weight, bias=shift, eps=NORM_EPS)
 
 
 class DiTBlock(nn.Module):
@@ -164,14 +176,14 @@ class DiTBlock(nn.Module):
 
     def __init__(self, config: DiTConfig):
         super().__init__()
-        self.attn_norm = AdaLayerNormZero(config.dim, 6)
+        self.attn_norm = AdaLayerNormZero(config.dim)
         self.attn = Attention(config)
         self.ff = FeedForward(config.dim, config.dim * config.ff_mult)
 
-    def forward(self, x, t_emb, rope, mask):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(t_emb)
-        x = x.addcmul_(self.attn(modulated_norm(x, scale_msa, shift_msa), rope, mask), gate_msa)
-        return x.addcmul_(self.ff(modulated_norm(x, scale_mlp, shift_mlp)), gate_mlp)
+    def forward(self, x, silu_t, rope, mask):
+        shift_msa, weight_msa, gate_msa, shift_mlp, weight_mlp, gate_mlp = self.attn_norm(silu_t)
+        x = x.addcmul_(self.attn(modulated_norm(x, weight_msa, shift_msa), rope, mask), gate_msa)
+        return x.addcmul_(self.ff(modulated_norm(x, weight_mlp, shift_mlp)), gate_mlp)
 
 
 class DiT(nn.Module):
@@ -190,7 +202,7 @@ class DiT(nn.Module):
         self.input_embed = InputEmbedding(config)
         self.rotary_embed = RotaryEmbedding(config.dim_head)
         self.transformer_blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
-        self.norm_out = AdaLayerNormZero(config.dim, 2)
+        self.norm_out = AdaLayerNormZeroFinal(config.dim)
         self.proj_out = nn.Linear(config.dim, config.out_channels)
 
     def forward(
@@ -204,14 +216,14 @@ class DiT(nn.Module):
         streaming: bool = False,
     ) -> torch.Tensor:
         """x, mu, cond (N, T, 80); spks (N, 80); t scalar; mask (N, T) bool or None (all valid)."""
-        t_emb = self.time_embed(t)
+        silu_t = F.silu(self.time_embed(t))
         h = self.input_embed(x, cond, mu, spks)
         rope = self.rotary_embed.cos_sin(h.shape[1])
         attn_mask = self.attention_mask(mask, h.shape[1], h.device, streaming)
         for block in self.transformer_blocks:
-            h = block(h, t_emb, rope, attn_mask)
-        scale, shift = self.norm_out(t_emb)
-        return self.proj_out(modulated_norm(h, scale, shift))
+            h = block(h, silu_t, rope, attn_mask)
+        weight, shift = self.norm_out(silu_t)
+        return self.proj_out(modulated_norm(h, weight, shift))
 
     def attention_mask(
         self, mask: torch.Tensor | None, frames: int, device: torch.device, streaming: bool
