@@ -250,7 +250,7 @@ class CosyVoice3LM(nn.Module):
         return self.llm_decoder(last).float()
 
     def decode(self, cache: KVCache, key_mask: Tensor, tokens: list[int], positions: list[int]) -> Tensor:
-        """One step for every cache slot: token s at position s; float32 logits (slots, vocab_out)."""
+        """One step for every cache slot (slot s feeds tokens[s] at positions[s]); float32 logits (slots, vocab_out)."""
         device = key_mask.device
         token_pos = torch.tensor([tokens, positions]).to(device, non_blocking=True)
         key_mask[cache.all_slots[:, 0], token_pos[1]] = True
@@ -261,7 +261,7 @@ class CosyVoice3LM(nn.Module):
 
     # ---- sampling and the continuous-batching loop -------------------------------------------------------------
 
-    def sample(self, logits: Tensor, rows: Sequence[_Row | None]) -> list[int | None]:
+    def _sample(self, logits: Tensor, rows: Sequence[_Row | None]) -> list[int | None]:
         """RAS-sample one id per occupied row from float32 logits (slots, vocab_out); None for empty slots."""
         logp = logits.log_softmax(dim=-1)
         block = [row is not None and row.steps < row.request.min_len for row in rows]
@@ -316,7 +316,7 @@ class CosyVoice3LM(nn.Module):
                 if logits is None:
                     logits = fresh.new_zeros(slots, fresh.shape[-1])
                 logits[admitted] = fresh
-            for s, token in enumerate(self.sample(logits, rows)):
+            for s, token in enumerate(self._sample(logits, rows)):
                 row = rows[s]
                 if row is None:
                     continue
