@@ -100,6 +100,10 @@ def e2e_row(v3_cases: Path, name: str) -> tuple[torch.Tensor, torch.Tensor, torc
     )
 
 
+def test_every_e2e_case_is_covered(v3_cases):
+    assert sorted(p.stem.removeprefix("e2e_") for p in v3_cases.glob("e2e_*.safetensors")) == E2E_CASES
+
+
 def test_config_read_from_yaml(v3_model_dir):
     config = flow_config(v3_model_dir)
     assert (config.dit.dim, config.dit.depth, config.dit.heads, config.dit.dim_head) == (64, 2, 4, 16)
