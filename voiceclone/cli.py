@@ -197,14 +197,15 @@ def synth(
         if dry_run:
             _dry_run(rows, opts, quiet)
             return
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         from voiceclone.synth import run_synth
 
+        previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         try:
             on_model = _demo_notice if model == "demo" and not quiet else (lambda loaded: None)
             outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row, on_model=on_model)
         finally:
             progress.close()
+            signal.signal(signal.SIGTERM, previous_handler)
     except VoiceCloneError as e:
         raise _fail(e) from None
     except Interrupted:
