@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import operator
@@ -12,6 +13,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -511,9 +513,38 @@ class LoadedModel:
     model_id: str
 
 
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+)
+
+
+@contextlib.contextmanager
+def _no_default_init() -> Iterator[None]:
+    """Skip `torch.nn.init` draws while networks are built only to be overwritten by a strict state-dict load."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
 def _build_networks(config: ModelConfig, states: dict[str, tuple[Path, dict]], official: bool) -> dict[str, Any]:
-    """Build the three networks on the CPU in float32 and load their state dicts (strict)."""
-    networks = {"llm": CosyVoice3LM(config.lm), "flow": Flow(config.flow), "hift": HiFT(config.hift)}
+    """Build the three networks on the CPU (no default init: every tensor is loaded, strictly) and load them."""
+    with _no_default_init():
+        networks = {"llm": CosyVoice3LM(config.lm), "flow": Flow(config.flow), "hift": HiFT(config.hift)}
     for name, module in networks.items():
         path, state = states[name]
         try:
