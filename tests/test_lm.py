@@ -12,7 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
-from voiceclone.models.lm import CosyVoice3LM, LMConfig, LMRequest, multinomial_draw, nucleus_sizes, ras_sample
+from voiceclone.models.lm import (
+    CosyVoice3LM,
+    LMConfig,
+    LMRequest,
+    SlotDecoder,
+    multinomial_draw,
+    nucleus_sizes,
+    ras_sample,
+)
 from voiceclone.models.qwen2 import Qwen2Config
 
 LOGITS_TOL = 1e-4
@@ -106,11 +114,11 @@ def test_teacher_forced_logits(lm, prefix, tensors):
 def test_incremental_step_logits(lm, prefix, tensors, case, seed):
     """Prefill + one-token KV-cache steps fed the reference tokens give the reference's per-step logits."""
     run = next(r for r in case["runs"] if r["seed"] == seed)
-    cache, key_mask = lm.new_cache(1, prefix.shape[0] + len(run["tokens"]) + 1)
+    decoder = SlotDecoder(lm, slots=1, max_seq=prefix.shape[0] + len(run["tokens"]))
     with torch.inference_mode():
-        steps = [lm.prefill(cache, key_mask, [0], [prefix])]
+        steps = [decoder.prefill([0], [prefix])]
         for i, token in enumerate(run["tokens"]):
-            steps.append(lm.decode(cache, key_mask, [token], [prefix.shape[0] + i]))
+            steps.append(decoder.decode([token], [prefix.shape[0] + i]).clone())
     logits = torch.cat(steps)
     expected = tensors[f"seed{seed}_step_logits"]
     assert logits.shape == expected.shape
@@ -205,6 +213,8 @@ def test_output_independent_of_batch_size(lm, v3_cases):
         assert request.min_len <= len(result.tokens) <= request.max_len
     for batch_size in (3, 8):
         assert lm.generate(requests, batch_size=batch_size) == baseline, batch_size
+    # the same slots again (the cache of the last call is reused), and other neighbours in other slots
+    assert lm.generate(requests[::-1], batch_size=8) == baseline[::-1]
 
 
 def test_bfloat16_weights_keep_float32_sampling(lm, case):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -224,41 +225,6 @@ class CosyVoice3LM(nn.Module):
         hidden = self.llm(x, positions[None], causal[None, None])
         return self.llm_decoder(hidden[0, prefix_embeds.shape[0] - 1 :]).float()
 
-    # ---- incremental decoding on a slot cache ------------------------------------------------------------------
-
-    def new_cache(self, slots: int, max_seq: int) -> tuple[KVCache, Tensor]:
-        """An empty KV cache of `slots` rows and the boolean (slots, max_seq) map of positions holding valid keys."""
-        weight = self.speech_embedding.weight
-        cache = KVCache(self.config.qwen, slots, max_seq, weight.dtype, weight.device)
-        return cache, torch.zeros(slots, max_seq, dtype=torch.bool, device=weight.device)
-
-    def prefill(self, cache: KVCache, key_mask: Tensor, slots: list[int], prefixes: list[Tensor]) -> Tensor:
-        """Run prefixes (L_i, H) into cache `slots` from position 0.
-
-        Returns float32 logits (n, vocab_out) of each prefix's last position.
-        """
-        device = prefixes[0].device
-        lengths = torch.tensor([p.shape[0] for p in prefixes], device=device)
-        x = nn.utils.rnn.pad_sequence(prefixes, batch_first=True)
-        positions = torch.arange(x.shape[1], device=device)
-        causal = positions[None, :] <= positions[:, None]
-        mask = causal[None] & (positions[None, :] < lengths[:, None])[:, None, :]
-        slot_index = torch.tensor(slots, device=device)
-        hidden = self.llm(x, positions.expand(len(prefixes), -1), mask[:, None], cache, slot_index)
-        key_mask[slot_index] = torch.arange(key_mask.shape[1], device=device)[None, :] < lengths[:, None]
-        last = hidden[torch.arange(len(prefixes), device=device), lengths - 1]
-        return self.llm_decoder(last).float()
-
-    def decode(self, cache: KVCache, key_mask: Tensor, tokens: list[int], positions: list[int]) -> Tensor:
-        """One step for every cache slot (slot s feeds tokens[s] at positions[s]); float32 logits (slots, vocab_out)."""
-        device = key_mask.device
-        token_pos = torch.tensor([tokens, positions]).to(device, non_blocking=True)
-        key_mask[cache.all_slots[:, 0], token_pos[1]] = True
-        kv_len = min(cache.max_seq, -(-(max(positions) + 1) // KV_BUCKET) * KV_BUCKET)
-        x = self.speech_embedding(token_pos[0])[:, None]
-        hidden = self.llm(x, token_pos[1][:, None], key_mask[:, None, None, :kv_len], cache)
-        return self.llm_decoder(hidden[:, 0]).float()
-
     # ---- sampling and the continuous-batching loop -------------------------------------------------------------
 
     def _sample(self, logits: Tensor, rows: Sequence[_Row | None]) -> list[int | None]:
@@ -294,14 +260,13 @@ class CosyVoice3LM(nn.Module):
             return results  # type: ignore[return-value]
         prefix_lens = [len(r.prompt_text_ids) + len(r.text_ids) + 2 + len(r.prompt_speech_tokens) for r in requests]
         slots = max(1, min(batch_size, len(waiting)))
-        longest = max(prefix_lens[i] + requests[i].max_len for i in waiting)
-        cache, key_mask = self.new_cache(slots, -(-longest // KV_BUCKET) * KV_BUCKET)
+        decoder = self._slot_decoder(slots, max(prefix_lens[i] + requests[i].max_len for i in waiting))
         rows: list[_Row | None] = [None] * slots
         while waiting or any(rows):
             logits = None
             if any(rows):
                 tokens = [row.tokens[-1] if row else 0 for row in rows]
-                logits = self.decode(cache, key_mask, tokens, [row.position if row else 0 for row in rows])
+                logits = decoder.decode(tokens, [row.position if row else 0 for row in rows])
                 for row in rows:
                     if row:
                         row.position += 1
@@ -312,7 +277,7 @@ class CosyVoice3LM(nn.Module):
                     generator = torch.Generator().manual_seed(requests[i].seed)
                     rows[s] = _Row(i, requests[i], generator, position=prefix_lens[i])
                 prefixes = [self._request_prefix(rows[s].request) for s in admitted]
-                fresh = self.prefill(cache, key_mask, admitted, prefixes)
+                fresh = decoder.prefill(admitted, prefixes)
                 if logits is None:
                     logits = fresh.new_zeros(slots, fresh.shape[-1])
                 logits[admitted] = fresh
@@ -331,3 +296,94 @@ class CosyVoice3LM(nn.Module):
 
     def _request_prefix(self, request: LMRequest) -> Tensor:
         return self.prefix_embeds(request.text_ids, request.prompt_text_ids, request.prompt_speech_tokens)
+
+    def _slot_decoder(self, slots: int, longest: int) -> SlotDecoder:
+        """The decoder of the last call when it fits (its cache and CUDA graphs are reused), else a new one."""
+        kept = self.__dict__.get("_decoder")
+        if kept is None or not kept.fits(slots, longest):
+            self.__dict__["_decoder"] = None  # free the old cache before allocating the new one
+            max_seq = max(KV_BUCKET, 1 << (longest - 1).bit_length())  # few distinct sizes: reuse across calls
+            kept = self.__dict__["_decoder"] = SlotDecoder(self, slots, max_seq)
+        return kept
+
+
+class SlotDecoder:
+    """One static KV cache of `slots` rows and the steps that fill it: batched prefill, one-token decode of all slots.
+
+    On CUDA the decode step is replayed from CUDA graphs (one per attended key length); each graph is checked once
+    against the eager step, and any failure falls back to eager decoding.
+    """
+
+    def __init__(self, lm: CosyVoice3LM, slots: int, max_seq: int):
+        weight = lm.speech_embedding.weight
+        self.lm = lm
+        self.cache = KVCache(lm.config.qwen, slots, max_seq, weight.dtype, weight.device)
+        self.key_mask = torch.zeros(slots, max_seq, dtype=torch.bool, device=weight.device)  # positions holding keys
+        self.token_pos = torch.zeros(2, slots, dtype=torch.long, device=weight.device)  # static decode inputs
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] | None = {} if weight.is_cuda else None
+
+    def fits(self, slots: int, longest: int) -> bool:
+        """Whether this decoder serves `slots` rows of up to `longest` positions with the model's current weights."""
+        weight = self.lm.speech_embedding.weight
+        same_weights = (self.cache.k.dtype, self.cache.k.device) == (weight.dtype, weight.device)
+        return same_weights and self.cache.slots == slots and self.cache.max_seq >= longest
+
+    def prefill(self, slots: list[int], prefixes: list[Tensor]) -> Tensor:
+        """Run prefixes (L_i, H) into cache `slots` from position 0.
+
+        Returns float32 logits (n, vocab_out) of each prefix's last position.
+        """
+        device = prefixes[0].device
+        lengths = torch.tensor([p.shape[0] for p in prefixes], device=device)
+        x = nn.utils.rnn.pad_sequence(prefixes, batch_first=True)
+        positions = torch.arange(x.shape[1], device=device)
+        causal = positions[None, :] <= positions[:, None]
+        mask = causal[None] & (positions[None, :] < lengths[:, None])[:, None, :]
+        slot_index = torch.tensor(slots, device=device)
+        hidden = self.lm.llm(x, positions.expand(len(prefixes), -1), mask[:, None], self.cache, slot_index)
+        self.key_mask[slot_index] = torch.arange(self.cache.max_seq, device=device)[None, :] < lengths[:, None]
+        last = hidden[torch.arange(len(prefixes), device=device), lengths - 1]
+        return self.lm.llm_decoder(last).float()
+
+    def decode(self, tokens: list[int], positions: list[int]) -> Tensor:
+        """One step for every slot (slot s feeds tokens[s] at positions[s]); float32 logits (slots, vocab_out).
+
+        The result may be a CUDA graph's output buffer: valid until the next call.
+        """
+        self.token_pos.copy_(torch.tensor([tokens, positions]))
+        kv_len = min(self.cache.max_seq, -(-(max(positions) + 1) // KV_BUCKET) * KV_BUCKET)
+        if self.graphs is None:
+            return self._step(kv_len)
+        if kv_len not in self.graphs:
+            try:
+                self.graphs[kv_len] = self._capture(kv_len)
+            except Exception as exc:  # any capture problem: decode eagerly from now on
+                warnings.warn(f"CUDA graph decode disabled, decoding eagerly: {exc}", stacklevel=2)
+                self.graphs = None
+                return self._step(kv_len)
+        graph, logits = self.graphs[kv_len]
+        graph.replay()
+        return logits
+
+    def _step(self, kv_len: int) -> Tensor:
+        """The decode step on the static inputs `token_pos`, attending to the first `kv_len` cache positions."""
+        tokens, positions = self.token_pos[0], self.token_pos[1]
+        self.key_mask.scatter_(1, positions[:, None], True)
+        x = self.lm.speech_embedding(tokens)[:, None]
+        hidden = self.lm.llm(x, positions[:, None], self.key_mask[:, None, None, :kv_len], self.cache)
+        return self.lm.llm_decoder(hidden[:, 0]).float()
+
+    def _capture(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """Capture `_step(kv_len)` after an eager warm-up, and check one replay against it (the step is idempotent)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            expected = self._step(kv_len)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._step(kv_len)
+        graph.replay()
+        if not torch.allclose(logits, expected, rtol=1e-3, atol=1e-3):
+            raise RuntimeError("a replayed decode step differs from the eager step")
+        return graph, logits
