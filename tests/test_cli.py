@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 
 from voiceclone import __version__
 from voiceclone.cli import app
+from voiceclone.seeds import row_seed
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -132,3 +135,88 @@ def test_synth_demo_on_the_examples_then_check_durations(tmp_path: Path):
     assert check.exit_code == 0, check.output
     again = invoke("synth", EXAMPLES / "manifest.jsonl", "--model", "demo", "--out", out)
     assert again.exit_code == 2 and "already holds outputs" in again.output
+
+
+class FakeEngine:
+    """Stands in for the engine: a 0.5 s tone per row, a failure for rows whose text says FAIL."""
+
+    requests: list = []
+
+    def __init__(self, model, settings):
+        self.settings = settings
+
+    def run(self, requests):
+        from voiceclone.engine import SynthResult
+
+        for request in requests:
+            FakeEngine.requests.append(request)
+            if "FAIL" in request.target_text:
+                yield SynthResult(id=request.id, error="RuntimeError: the LLM produced nothing")
+                continue
+            wav = 0.3 * np.sin(np.arange(12000) / 24000 * 2 * np.pi * 200).astype(np.float32)
+            yield SynthResult(
+                id=request.id, wav=wav, sample_rate=24000, text_tokens=5, prompt_text_tokens=9,
+                speech_tokens=[1] * 12, min_tokens=10, max_tokens=100, stop_reason="eos", segments=1,
+                timings={"llm": 0.1, "total": 0.2},
+            )  # fmt: skip
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    from voiceclone import checkpoint, engine
+
+    model = SimpleNamespace(model_id="fake-1", config=SimpleNamespace(sample_rate=24000, token_frame_rate=25))
+    monkeypatch.setattr(checkpoint, "load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(engine, "Engine", FakeEngine)
+    FakeEngine.requests = []
+    return model
+
+
+def test_failed_rows_are_recorded_the_run_goes_on_and_exit_is_1(tmp_path: Path, fake_model):
+    shutil.copytree(EXAMPLES / "prompts", tmp_path / "prompts")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "id,prompt_audio,prompt_text,target_text,seed\n"
+        "a,prompts/stella_16k.wav,Hi.,One.,\n"
+        "b,prompts/stella_16k.wav,Hi.,FAIL here.,12345\n"
+        "c,prompts/canoe_44k.wav,Hi.,Three.,\n"
+    )
+    out = tmp_path / "out"
+    result = invoke("synth", manifest, "--model", "m", "--out", out, "--seed", "7", "--wav-format", "float")
+    assert result.exit_code == 1, result.output
+    assert "done: 2 ok, 1 failed" in result.output
+    report = {r["id"]: r for r in map(json.loads, (out / "report.jsonl").read_text().splitlines())}
+    assert report["b"]["status"] == "failed" and report["b"]["error"] == "RuntimeError: the LLM produced nothing"
+    assert report["a"]["status"] == report["c"]["status"] == "ok" and not (out / "b.wav").exists()
+    assert sf.info(out / "a.wav").subtype == "FLOAT" and report["a"]["duration_s"] == 0.5
+    assert report["a"]["rtf"] == 0.4 and report["a"]["speech_tokens"] == 12 and report["a"]["peak"] > 0.29
+    seeds = {r.id: r.seed for r in FakeEngine.requests}
+    assert seeds == {"a": row_seed(7, "a"), "b": 12345, "c": row_seed(7, "c")}
+    assert {i: report[i]["seed"] for i in seeds} == seeds
+    assert json.loads((out / "summary.json").read_text())["wav_format"] == "float"
+
+    # --force redoes every row, and a row that now fails loses its old wav (no stale audio beside a failure)
+    manifest.write_text(manifest.read_text().replace("Three.", "FAIL now."))
+    forced = invoke("synth", manifest, "--model", "m", "--out", out, "--seed", "7", "--force", "--quiet")
+    assert forced.exit_code == 1 and forced.output == ""
+    assert not (out / "c.wav").exists() and (out / "a.wav").exists()
+
+
+def test_resume_redoes_rows_whose_inputs_changed(tmp_path: Path, fake_model):
+    shutil.copytree(EXAMPLES / "prompts", tmp_path / "prompts")
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"id": i, "prompt_audio": "prompts/stella_16k.wav", "prompt_text": "Hi.", "text": f"Row {i}."} for i in "abc"
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert invoke("synth", manifest, "--model", "m", "--out", out).exit_code == 0
+    rows[1]["text"] = "Row b, edited."
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    FakeEngine.requests = []
+    assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume").exit_code == 0
+    assert [r.id for r in FakeEngine.requests] == ["b"]
+    FakeEngine.requests = []
+    assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume", "--seed", "1").exit_code == 0
+    assert sorted(r.id for r in FakeEngine.requests) == ["a", "b", "c"]  # a new base seed changes every row
+    assert json.loads((out / "summary.json").read_text())["reused"] == 0
