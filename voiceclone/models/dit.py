@@ -141,29 +141,29 @@ class FeedForward(nn.Module):
 
 
 class AdaLayerNormZero(nn.Module):
-    """Six modulation vectors from SiLU(time embedding): shift, 1 + scale, gate for attention, then for the MLP."""
+    """Per time (S, 6, dim) from SiLU(time embedding): shift, 1 + scale, gate for attention, then for the MLP."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, 6 * dim)
 
-    def forward(self, silu_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        modulation = self.linear(silu_t).view(2, 3, -1)
-        modulation[:, 1].add_(1)  # the scales become LayerNorm weights
-        return modulation.flatten(0, 1).unbind(0)
+    def forward(self, silu_t: torch.Tensor) -> torch.Tensor:
+        modulation = self.linear(silu_t).view(len(silu_t), 2, 3, -1)
+        modulation[:, :, 1].add_(1)  # the scales become LayerNorm weights
+        return modulation.flatten(1, 2)
 
 
 class AdaLayerNormZeroFinal(nn.Module):
-    """Two modulation vectors from SiLU(time embedding), in the reference's order: 1 + scale, shift."""
+    """Per time (S, 2, dim) from SiLU(time embedding), in the reference's order: 1 + scale, shift."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, 2 * dim)
 
-    def forward(self, silu_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        modulation = self.linear(silu_t).view(2, -1)
-        modulation[0].add_(1)
-        return modulation.unbind(0)
+    def forward(self, silu_t: torch.Tensor) -> torch.Tensor:
+        modulation = self.linear(silu_t).view(len(silu_t), 2, -1)
+        modulation[:, 0].add_(1)
+        return modulation
 
 
 def modulated_norm(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -180,8 +180,8 @@ class DiTBlock(nn.Module):
         self.attn = Attention(config)
         self.ff = FeedForward(config.dim, config.dim * config.ff_mult)
 
-    def forward(self, x, silu_t, rope, mask):
-        shift_msa, weight_msa, gate_msa, shift_mlp, weight_mlp, gate_mlp = self.attn_norm(silu_t)
+    def forward(self, x, modulation, rope, mask):
+        shift_msa, weight_msa, gate_msa, shift_mlp, weight_mlp, gate_mlp = modulation.unbind(0)
         x = x.addcmul_(self.attn(modulated_norm(x, weight_msa, shift_msa), rope, mask), gate_msa)
         return x.addcmul_(self.ff(modulated_norm(x, weight_mlp, shift_mlp)), gate_mlp)
 
@@ -189,8 +189,9 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """Velocity estimator v(x, t | mu, spks, cond) on time-major (N, T, 80) tensors.
 
-    One flow time `t` is shared by every row of a call (the solver steps all rows together), so the
-    AdaLayerNorm modulations are vectors and fold into the LayerNorm affine. Frames beyond a row's end
+    One flow time is shared by every row of a call (the solver steps all rows together), so the
+    AdaLayerNorm modulations are vectors and fold into the LayerNorm affine; they depend on the time
+    only, and `modulations` computes them for all solver steps at once. Frames beyond a row's end
     (mask False) are masked as keys; the conv position embedding is causal, so they never reach valid
     frames and their outputs are left as they come (the caller drops them).
     """
@@ -210,20 +211,28 @@ class DiT(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         mu: torch.Tensor,
-        t: torch.Tensor,
+        modulation: list[torch.Tensor],
         spks: torch.Tensor,
         cond: torch.Tensor,
         streaming: bool = False,
     ) -> torch.Tensor:
-        """x, mu, cond (N, T, 80); spks (N, 80); t scalar; mask (N, T) bool or None (all valid)."""
-        silu_t = F.silu(self.time_embed(t))
+        """x, mu, cond (N, T, 80); spks (N, 80); mask (N, T) bool or None (all valid);
+        `modulation`: one time's entry of `modulations` ((6, dim) per block, then (2, dim))."""
         h = self.input_embed(x, cond, mu, spks)
         rope = self.rotary_embed.cos_sin(h.shape[1])
         attn_mask = self.attention_mask(mask, h.shape[1], h.device, streaming)
-        for block in self.transformer_blocks:
-            h = block(h, silu_t, rope, attn_mask)
-        weight, shift = self.norm_out(silu_t)
+        *block_modulations, out_modulation = modulation
+        for block, block_modulation in zip(self.transformer_blocks, block_modulations, strict=True):
+            h = block(h, block_modulation, rope, attn_mask)
+        weight, shift = out_modulation.unbind(0)
         return self.proj_out(modulated_norm(h, weight, shift))
+
+    def modulations(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """AdaLayerNorm vectors for the flow times `t` (S,): (S, 6, dim) per block, then (S, 2, dim) for the output.
+
+        One GEMM per block for all S times instead of a weight-bound GEMV per block and estimator call."""
+        silu_t = F.silu(self.time_embed(t))
+        return [block.attn_norm(silu_t) for block in self.transformer_blocks] + [self.norm_out(silu_t)]
 
     def attention_mask(
         self, mask: torch.Tensor | None, frames: int, device: torch.device, streaming: bool
@@ -236,7 +245,9 @@ class DiT(nn.Module):
         return None if mask is None else mask[:, None, None, :]
 
     def flops(self, frames: int, batch: int) -> int:
-        """Matmul FLOPs of one call on `batch` rows of `frames` frames (linears, convs, attention; 2 per MAC)."""
+        """Matmul FLOPs of one call on `batch` rows of `frames` frames (linears, convs, attention; 2 per MAC).
+
+        The time conditioning (`modulations`) is computed once per solve and not counted."""
         c = self.config
         inner, hidden = c.heads * c.dim_head, c.dim * c.ff_mult
         rows = batch * frames
@@ -245,8 +256,7 @@ class DiT(nn.Module):
         per_row_macs += c.depth * (c.dim * 3 * inner + inner * c.dim + 2 * c.dim * hidden)
         per_row_macs += c.dim * c.out_channels
         attention_macs = c.depth * batch * 2 * frames * frames * inner
-        time_macs = TIME_FREQ_DIM * c.dim + c.dim * c.dim + c.depth * c.dim * 6 * c.dim + c.dim * 2 * c.dim
-        return 2 * (rows * per_row_macs + attention_macs + time_macs)
+        return 2 * (rows * per_row_macs + attention_macs)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under the reference's key names (q/k/v split, `to_out.0`, `ff.ff.0.0` / `ff.ff.2`)."""

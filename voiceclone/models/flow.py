@@ -133,23 +133,36 @@ class Flow(nn.Module):
         cfg = self.config
         dtype = mu.dtype
         x = self.noise[0, :, :frames].T.to(mu.device).expand(batch, -1, -1)
-        t_span = torch.linspace(0, 1, cfg.n_timesteps + 1, device=mu.device, dtype=torch.float32)
-        if cfg.t_scheduler == "cosine":
-            t_span = 1 - torch.cos(t_span * 0.5 * math.pi)
+        times, steps = self.time_steps()
+        modulations = self.estimator.modulations(times.to(mu.device))
+        steps = steps.to(mu.device)
         mu_in = torch.cat((mu, torch.zeros_like(mu)))
         spks_in = torch.cat((spks, torch.zeros_like(spks)))
         cond_in = torch.cat((cond, torch.zeros_like(cond)))
         mask_in = None if mask is None else torch.cat((mask, mask))
+        for step in range(cfg.n_timesteps):
+            x_in = x.to(dtype).repeat(2, 1, 1)
+            modulation = [m[step] for m in modulations]
+            velocity = self.estimator(x_in, mask_in, mu_in, modulation, spks_in, cond_in, streaming).float()
+            v_cond, v_uncond = velocity.chunk(2)
+            x = x + steps[step] * ((1.0 + cfg.inference_cfg_rate) * v_cond - cfg.inference_cfg_rate * v_uncond)
+        return x
+
+    def time_steps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler times and step sizes (n_timesteps,), float32 on the CPU; t accumulates as the reference's does."""
+        cfg = self.config
+        t_span = torch.linspace(0, 1, cfg.n_timesteps + 1, dtype=torch.float32)
+        if cfg.t_scheduler == "cosine":
+            t_span = 1 - torch.cos(t_span * 0.5 * math.pi)
+        times, steps = [], []
         t, dt = t_span[0], t_span[1] - t_span[0]
         for step in range(1, cfg.n_timesteps + 1):
-            x_in = x.to(dtype).repeat(2, 1, 1)
-            velocity = self.estimator(x_in, mask_in, mu_in, t, spks_in, cond_in, streaming).float()
-            v_cond, v_uncond = velocity.chunk(2)
-            x = x + dt * ((1.0 + cfg.inference_cfg_rate) * v_cond - cfg.inference_cfg_rate * v_uncond)
+            times.append(t)
+            steps.append(dt)
             t = t + dt
             if step < cfg.n_timesteps:
                 dt = t_span[step + 1] - t
-        return x
+        return torch.stack(times), torch.stack(steps)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under flow.pt's key names."""
