@@ -137,6 +137,23 @@ def test_demo_model_dir_is_cached(tmp_path, monkeypatch):
     assert load_model("demo").model_dir == first
 
 
+def test_demo_model_dir_race_keeps_the_winner(tmp_path, monkeypatch):
+    """A builder that finishes second drops its copy and uses the directory that was renamed into place first."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    target = tmp_path / "voiceclone" / f"demo-{demo.DEMO_FORMAT}"
+    real_build = demo.build_model_dir
+
+    def build_while_a_rival_finishes(out, **kwargs):
+        real_build(out, **kwargs)
+        real_build(target, **kwargs)
+        (target / "rival").write_text("first")
+
+    monkeypatch.setattr(demo, "build_model_dir", build_while_a_rival_finishes)
+    assert demo.demo_model_dir() == target
+    assert (target / "rival").read_text() == "first"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
 def test_unknown_size_or_family():
     with pytest.raises(UsageError, match="size"):
         demo.model_config("huge")

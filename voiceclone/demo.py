@@ -26,7 +26,7 @@ from voiceclone.models.lm import CosyVoice3LM, LMConfig
 from voiceclone.models.qwen2 import Qwen2Config
 from voiceclone.text import QWEN2_SPLIT_PATTERN
 
-DEMO_FORMAT = 1
+DEMO_FORMAT = 2  # bump whenever the demo files change, so cached copies are rebuilt
 DEMO_SEED = 20251
 BASE_VOCAB = 151643  # regular BPE entries of the Qwen2 vocabulary; <|endoftext|> follows
 BASE_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
