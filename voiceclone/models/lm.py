@@ -381,7 +381,7 @@ class SlotDecoder:
             expected = self._step(kv_len)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             logits = self._step(kv_len)
         graph.replay()
         if not torch.allclose(logits, expected, rtol=1e-3, atol=1e-3):
