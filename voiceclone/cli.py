@@ -292,24 +292,28 @@ def convert(
     src: Path = typer.Argument(..., help="Official CosyVoice3 model folder."),
     dst: Path = typer.Argument(..., help="New folder for the converted (safetensors) model."),
     llm_file: str = typer.Option("llm.pt", help="LLM weights file to convert, e.g. llm.rl.pt."),
+    overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
 ) -> None:
     """Convert an official model folder to voiceclone's safetensors layout."""
     from voiceclone import checkpoint
 
     try:
-        checkpoint.convert(src, dst, llm_file=llm_file)
+        checkpoint.convert(src, dst, llm_file=llm_file, overwrite=overwrite)
     except VoiceCloneError as e:
         raise _fail(e) from None
     typer.echo(f"converted {src} -> {dst}")
 
 
 @app.command()
-def inspect(model_dir: Path = typer.Argument(..., help="Official or converted model folder.")) -> None:
-    """Print a model folder's family, config, files and parameter counts."""
+def inspect(
+    model_dir: Path = typer.Argument(..., help="Official or converted model folder."),
+    llm_file: str = typer.Option("llm.pt", help="LLM weights file of an official folder, e.g. llm.rl.pt."),
+) -> None:
+    """Print a model folder's family, config, networks, files and problems as JSON."""
     from voiceclone import checkpoint
 
     try:
-        info = checkpoint.inspect(model_dir)
+        info = checkpoint.inspect(model_dir, llm_file=llm_file)
     except VoiceCloneError as e:
         raise _fail(e) from None
     typer.echo(info if isinstance(info, str) else json.dumps(info, indent=2, default=str))

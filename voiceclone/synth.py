@@ -273,6 +273,7 @@ def run_synth(
         "seed": opts.seed,
         "text_frontend": opts.text_frontend,
         "wav_format": opts.wav_format,
+        "peak_memory_bytes": getattr(engine, "stats", {}).get("peak_memory_bytes"),
         "interrupted": interrupted,
         "started": started_at,
         "voiceclone_version": __version__,
