@@ -97,7 +97,7 @@ class RotaryEmbedding(nn.Module):
         """cos and signed sin tables (frames, rot_dim), float32; pair (a, b) turns into (a c - b s, b c + a s)."""
         positions = torch.arange(frames, device=self.inv_freq.device, dtype=torch.float32)
         angles = torch.outer(positions, self.inv_freq).repeat_interleave(2, dim=-1)
-        sign = torch.tensor([-1.0, 1.0], device=angles.device).repeat(angles.shape[-1] // 2)
+        sign = torch.arange(angles.shape[-1], device=angles.device) % 2 * 2 - 1  # -1, +1, -1, ...
         return angles.cos(), angles.sin() * sign
 
 
