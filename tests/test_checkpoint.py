@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,18 @@ def test_inspect_official_fixture(v3_model_dir):
     assert report["networks"]["hift"]["tensors"] == 328
     assert report["files"]["llm.pt"] == (v3_model_dir / "llm.pt").stat().st_size
     assert report["model_id"].startswith("cosyvoice3-")
+
+
+def test_model_id_follows_content_not_file_dates(v3_model_dir, tmp_path):
+    original = inspect(v3_model_dir)["model_id"]
+    copy = tmp_path / "copy"
+    shutil.copytree(v3_model_dir, copy)
+    os.utime(copy / "llm.pt", (0, 0))
+    assert inspect(copy)["model_id"] == original
+    state = dict(load_pt(v3_model_dir / "flow.pt"))
+    state["spk_embed_affine_layer.bias"] = state["spk_embed_affine_layer.bias"] + 1
+    torch.save(state, copy / "flow.pt")
+    assert inspect(copy)["model_id"] != original
 
 
 def test_inspect_reports_missing_files(v3_model_dir, tmp_path):

@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ def _lookup(top: dict, key: str, resolving: set[str]) -> Any:
     """The value of a top-level key (dotted paths reach into mappings and call arguments)."""
     head, *rest = key.split(".")
     if head not in top:
-        raise KeyError(key)
+        raise ValueError(f"!ref <{key}> names no top-level key")
     if head in resolving:
         raise ValueError(f"circular !ref <{key}>")
     value = _resolve(top[head], top, resolving | {head})
@@ -233,8 +234,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         return read_hyperpyyaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path}: unreadable HyperPyYAML ({reason})") from None
+        raise ModelError(f"{path}: unreadable HyperPyYAML ({_first_line(exc)})") from None
 
 
 def _read_json(path: Path) -> dict:
@@ -250,8 +250,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _qwen_config(path: Path) -> Qwen2Config:
+    data = _read_json(path)
     try:
-        return Qwen2Config.from_hf(_read_json(path))
+        return Qwen2Config.from_hf(data)
     except ModelError as exc:
         raise ModelError(f"{path}: {_strip_file_prefix(exc)}") from None
 
@@ -378,8 +379,8 @@ def load_pt(path: Path) -> dict[str, torch.Tensor]:
     """A `.pt` state dict, memory-mapped; anything but a readable dict of tensors raises ModelError naming the file."""
     if not path.is_file():
         raise ModelError(f"{path}: missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # files from torch.save are zip archives and can be memory-mapped; legacy pickles cannot
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # torch raises many kinds of error for a truncated or garbled archive
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -448,12 +449,19 @@ def _converted_config(path: Path) -> ModelConfig:
         raise ModelError(f"{path}: config does not match this voiceclone version ({_first_line(exc)})") from None
 
 
-def _stat_id(model_dir: Path, names: list[str]) -> str:
-    """A stable id from the names, sizes and modification times of the files that hold the weights."""
+def _content_id(model_dir: Path, names: list[str], sample: int = 1 << 16) -> str:
+    """A stable id from each file's name, size and three sampled 64 KiB blocks (start, middle, end).
+
+    Copies and touched files keep their id; changed weights change it (without reading gigabytes)."""
     digest = hashlib.sha256()
     for name in names:
-        stat = (model_dir / name).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        path = model_dir / name
+        size = path.stat().st_size
+        digest.update(f"{name}\0{size}\n".encode())
+        with path.open("rb") as f:
+            for offset in sorted({0, max(0, size // 2 - sample // 2), max(0, size - sample)}):
+                f.seek(offset)
+                digest.update(f.read(sample))
     return digest.hexdigest()[:16]
 
 
@@ -467,8 +475,8 @@ def model_id_of(model_dir: Path, llm_file: str = "llm.pt") -> str:
     """The id `--resume` compares: the source's id for a converted directory, else one from the weight files' stats."""
     if is_converted(model_dir):
         data = _read_converted_json(model_dir / CONVERTED_CONFIG)
-        return str(data.get("model_id") or _stat_id(model_dir, _converted_files()))
-    return f"{family_of(model_dir)}-{_stat_id(model_dir, _official_files(llm_file))}"
+        return str(data.get("model_id") or _content_id(model_dir, _converted_files()))
+    return f"{family_of(model_dir)}-{_content_id(model_dir, _official_files(llm_file))}"
 
 
 def _official_files(llm_file: str) -> list[str]:
