@@ -190,6 +190,7 @@ def test_failed_rows_are_recorded_the_run_goes_on_and_exit_is_1(tmp_path: Path, 
     assert report["a"]["status"] == report["c"]["status"] == "ok" and not (out / "b.wav").exists()
     assert sf.info(out / "a.wav").subtype == "FLOAT" and report["a"]["duration_s"] == 0.5
     assert report["a"]["rtf"] == 0.4 and report["a"]["speech_tokens"] == 12 and report["a"]["peak"] > 0.29
+    assert report["a"]["longest_token_run"] == 12 and report["a"]["stop_reason"] == "eos"
     seeds = {r.id: r.seed for r in FakeEngine.requests}
     assert seeds == {"a": row_seed(7, "a"), "b": 12345, "c": row_seed(7, "c")}
     assert {i: report[i]["seed"] for i in seeds} == seeds

@@ -22,7 +22,7 @@ from voiceclone.report import (
 REQUIRED = [
     "id", "status", "error", "duration_s", "sample_rate", "text_tokens", "prompt_text_tokens", "speech_tokens",
     "min_tokens", "max_tokens", "stop_reason", "segments", "leading_silence_s", "trailing_silence_s", "peak", "seed",
-    "timings", "rtf", "fingerprint",
+    "timings", "rtf", "fingerprint", "longest_token_run", "clipped_fraction", "num_samples",
 ]  # fmt: skip
 
 
@@ -134,3 +134,10 @@ def test_fingerprint_covers_every_input():
         args = list(base)
         args[index] = changed
         assert row_fingerprint(*args) != fp, index
+
+
+def test_longest_token_run():
+    from voiceclone.synth import longest_run
+
+    assert longest_run([]) == 0 and longest_run([5]) == 1
+    assert longest_run([1, 2, 2, 3, 3, 3, 2]) == 3 and longest_run([7] * 40 + [1]) == 40

@@ -159,12 +159,16 @@ def synth(
     seed: int = typer.Option(0, help="Base seed; a row's seed is derived from it and the row id."),
     text_frontend: bool = typer.Option(True, help="Normalise texts (off: texts are used verbatim)."),
     wav_format: str = typer.Option("pcm16", help="pcm16 (16-bit PCM) or float (32-bit float)."),
-    resume: bool = typer.Option(False, help="Keep finished rows of an earlier run in --out; redo the rest."),
-    force: bool = typer.Option(False, help="Overwrite existing outputs in --out."),
-    dry_run: bool = typer.Option(False, help="Validate manifest, audio, model folder and device; load nothing."),
-    quiet: bool = typer.Option(False, help="No progress output."),
-    attention: str = typer.Option("auto", help="Attention backend (auto, math, flash, efficient, cudnn)."),
-    compile: bool = typer.Option(False, help="torch.compile the networks (falls back to eager)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Keep finished rows of an earlier run in --out; redo the rest."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate manifest, audio, model folder and device; load nothing."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    attention: str = typer.Option("auto", help="Attention backend: auto, flash, efficient or math."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the networks (falls back to eager)."),
     llm_file: str = typer.Option("llm.pt", help="LLM weights file in an official folder, e.g. llm.rl.pt."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
 ) -> None:
@@ -231,9 +235,9 @@ def _dry_run(rows, opts, quiet: bool) -> None:
     from voiceclone.synth import existing_outputs, refuse_existing
 
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
+    refuse_existing(opts.out, rows, opts.resume, opts.force)
     if opts.model != "demo":
         checkpoint.read_config(opts.model, opts.llm_file)
-    refuse_existing(opts.out, rows, opts.resume, opts.force)
     found = existing_outputs(opts.out, rows)
     if quiet:
         return
@@ -258,7 +262,7 @@ def check_durations(
     sample_rate: int | None = typer.Option(None, help="Expected sample rate (default: from summary.json)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     junit: Path | None = typer.Option(None, help="Write JUnit XML to this file."),
-    quiet: bool = typer.Option(False, help="No table; only the summary line."),
+    quiet: bool = typer.Option(False, "--quiet", help="No table; only the summary line."),
 ) -> None:
     """Check every expected wav in OUT (present, readable, rate, silence, clipping, duration); exit 0 if all pass."""
     from rich.console import Console
@@ -292,7 +296,7 @@ def convert(
     src: Path = typer.Argument(..., help="Official CosyVoice3 model folder."),
     dst: Path = typer.Argument(..., help="New folder for the converted (safetensors) model."),
     llm_file: str = typer.Option("llm.pt", help="LLM weights file to convert, e.g. llm.rl.pt."),
-    overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
 ) -> None:
     """Convert an official model folder to voiceclone's safetensors layout."""
     from voiceclone import checkpoint

@@ -35,6 +35,7 @@ class ReportRow:
     min_tokens: int | None = None
     max_tokens: int | None = None
     stop_reason: str | None = None
+    longest_token_run: int | None = None
     segments: int | None = None
     leading_silence_s: float | None = None
     trailing_silence_s: float | None = None

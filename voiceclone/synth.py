@@ -153,6 +153,15 @@ def reusable_rows(out: Path, fingerprints: dict[str, str]) -> dict[str, ReportRo
     }
 
 
+def longest_run(tokens: list[int]) -> int:
+    """Length of the longest run of one repeated token (runaway generations repeat a token)."""
+    best = run = 0
+    for index, token in enumerate(tokens):
+        run = run + 1 if index and token == tokens[index - 1] else 1
+        best = max(best, run)
+    return best
+
+
 def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: str) -> ReportRow:
     """Write the row's wav (when it has audio) and describe it."""
     entry = ReportRow(
@@ -165,6 +174,7 @@ def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: 
         min_tokens=result.min_tokens,
         max_tokens=result.max_tokens,
         stop_reason=result.stop_reason,
+        longest_token_run=longest_run(result.speech_tokens),
         segments=result.segments,
         seed=row_seed,
         timings={k: round(v, 6) for k, v in result.timings.items()},
