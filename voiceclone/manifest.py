@@ -254,7 +254,8 @@ class _AudioChecker:
         try:
             info = audio.audio_info(path)
         except Exception as e:  # any decoder complaint means the file is unusable
-            return f"unreadable audio ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            return f"unreadable audio ({first_line.rsplit(': ', 1)[-1].rstrip('.')[:120]})"
         if info.frames <= 0:
             return "audio has no samples"
         if is_prompt and info.sample_rate < MIN_PROMPT_RATE:
