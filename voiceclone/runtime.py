@@ -111,6 +111,12 @@ def guarded_compile(fn: Callable, name: str) -> Callable:
     return call
 
 
+def compile_model(model) -> None:
+    """`--compile`: compile the LM backbone (prefill and decode step) and the flow estimator in place, guarded."""
+    model.lm.llm.forward = guarded_compile(model.lm.llm.forward, "LM decode step")
+    model.flow.estimator.forward = guarded_compile(model.flow.estimator.forward, "flow estimator")
+
+
 def _warn_eager(name: str, exc: Exception) -> None:
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     print(f"warning: --compile: {name} could not be compiled ({first_line[:160]}); running it eagerly", file=sys.stderr)
