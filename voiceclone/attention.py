@@ -15,6 +15,7 @@ BACKENDS = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "math": [SDPBackend.MATH],
 }
+MASKED_FLASH_FALLBACK = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 _selected: str = "auto"
 
 
@@ -44,6 +45,9 @@ def attention(
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """`scaled_dot_product_attention` on (B, H, T, D) tensors; `enable_gqa` lets K/V keep fewer heads."""
-    ctx = sdpa_kernel(BACKENDS[_selected]) if _selected != "auto" else contextlib.nullcontext()
+    backends = BACKENDS[_selected] if _selected != "auto" else None
+    if _selected == "flash" and mask is not None:
+        backends = MASKED_FLASH_FALLBACK  # flash kernels take no mask; padded batches use the efficient kernel
+    ctx = sdpa_kernel(backends) if backends else contextlib.nullcontext()
     with ctx:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=enable_gqa)
