@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,6 +142,8 @@ class FakeEngine:
     """Stands in for the engine: a 0.5 s tone per row, a failure for rows whose text says FAIL."""
 
     requests: list = []
+    stop_after: int | None = None  # after this many rows, interrupt the run ...
+    stop_by = "ctrl-c"  # ... as Ctrl-C does, or with a real SIGTERM to this process
 
     def __init__(self, model, settings):
         self.settings = settings
@@ -149,6 +152,10 @@ class FakeEngine:
         from voiceclone.engine import SynthResult
 
         for request in requests:
+            if FakeEngine.stop_after is not None and len(FakeEngine.requests) == FakeEngine.stop_after:
+                if FakeEngine.stop_by == "ctrl-c":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGTERM)
             FakeEngine.requests.append(request)
             if "FAIL" in request.target_text:
                 yield SynthResult(id=request.id, error="RuntimeError: the LLM produced nothing")
@@ -168,7 +175,7 @@ def fake_model(monkeypatch):
     model = SimpleNamespace(model_id="fake-1", config=SimpleNamespace(sample_rate=24000, token_frame_rate=25))
     monkeypatch.setattr(checkpoint, "load_model", lambda *args, **kwargs: model)
     monkeypatch.setattr(engine, "Engine", FakeEngine)
-    FakeEngine.requests = []
+    FakeEngine.requests, FakeEngine.stop_after, FakeEngine.stop_by = [], None, "ctrl-c"
     return model
 
 
@@ -221,3 +228,43 @@ def test_resume_redoes_rows_whose_inputs_changed(tmp_path: Path, fake_model):
     assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume", "--seed", "1").exit_code == 0
     assert sorted(r.id for r in FakeEngine.requests) == ["a", "b", "c"]  # a new base seed changes every row
     assert json.loads((out / "summary.json").read_text())["reused"] == 0
+
+
+def three_rows(folder: Path) -> Path:
+    shutil.copytree(EXAMPLES / "prompts", folder / "prompts")
+    manifest = folder / "m.lst"
+    manifest.write_text("".join(f"{i}|Hi.|prompts/stella_16k.wav|Row {i}.\n" for i in "abc"))
+    return manifest
+
+
+@pytest.mark.parametrize("stop_by", ["ctrl-c", "sigterm"])
+def test_interrupt_exits_130_with_complete_reports_and_resume_continues(tmp_path: Path, fake_model, stop_by):
+    manifest, out = three_rows(tmp_path), tmp_path / "out"
+    FakeEngine.stop_after, FakeEngine.stop_by = 1, stop_by
+    handler_before = signal.getsignal(signal.SIGTERM)
+    result = invoke("synth", manifest, "--model", "m", "--out", out)
+    assert result.exit_code == 130, result.output
+    assert "interrupted: finished rows are kept" in result.output
+    report = [json.loads(line) for line in (out / "report.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["status"]) for r in report] == [("a", "ok"), ("b", "skipped"), ("c", "skipped")]
+    assert report[1]["error"] == "interrupted before this row finished" and report[1]["seed"] == row_seed(0, "b")
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+    assert sorted(os.listdir(out)) == ["a.wav", "report.csv", "report.jsonl", "summary.json"]
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the handler is only set during the run
+    state = ((out / "a.wav").stat().st_mtime_ns, (out / "a.wav").read_bytes())
+    FakeEngine.requests, FakeEngine.stop_after = [], None
+    assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume").exit_code == 0
+    assert [r.id for r in FakeEngine.requests] == ["b", "c"]
+    assert ((out / "a.wav").stat().st_mtime_ns, (out / "a.wav").read_bytes()) == state
+
+
+def test_resume_redoes_a_damaged_or_missing_wav(tmp_path: Path, fake_model):
+    manifest, out = three_rows(tmp_path), tmp_path / "out"
+    assert invoke("synth", manifest, "--model", "m", "--out", out).exit_code == 0
+    (out / "a.wav").write_bytes((out / "a.wav").read_bytes()[:500])
+    (out / "b.wav").unlink()
+    (out / ".c.wav.x1y2.tmp").write_bytes(b"left by a killed run")
+    FakeEngine.requests = []
+    assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume").exit_code == 0
+    assert [r.id for r in FakeEngine.requests] == ["a", "b"]
+    assert sf.info(out / "a.wav").frames == 12000 and not (out / ".c.wav.x1y2.tmp").exists()
