@@ -1,7 +1,7 @@
 """The `synth` run lifecycle: output-folder checks, resume planning, the engine loop, wavs and report files.
 
 Durability: each wav is written atomically (audio.write_wav), each finished row is appended to a journal as one
-fsynced line, and `report.jsonl` / `report.csv` / `summary.json` are only ever replaced whole (temp name + rename).
+complete line, and `report.jsonl` / `report.csv` / `summary.json` are only ever replaced whole (temp name + rename).
 A run killed at any point leaves complete files only; `--resume` reads the report and the journal and keeps every row
 whose wav is intact and whose fingerprint (prompt bytes, texts, seed, model id, output settings) still matches.
 """
