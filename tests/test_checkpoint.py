@@ -51,6 +51,7 @@ call: !new:pkg.mod.Cls
         y: 1e-06
 seeded: !apply:torch.manual_seed [1986]
 alias: !ref <call>
+other: !include:extra.yaml
 """
     data = read_hyperpyyaml(text)
     assert data["prod"] == 12
@@ -60,6 +61,7 @@ alias: !ref <call>
     )
     assert data["seeded"] == YamlCall("apply", "torch.manual_seed", [1986], {})
     assert data["alias"] == data["call"]
+    assert data["other"] == YamlCall("include", "extra.yaml", [], {})
 
 
 def test_hyperpyyaml_executes_nothing():
@@ -148,7 +150,7 @@ def test_inspect_official_fixture(v3_model_dir):
     assert (report["family"], report["format"], report["problems"]) == ("cosyvoice3", "official", [])
     assert report["config"]["flow"]["dit"]["dim"] == 64
     # the fixture README's parameter counts (the flow file also stores the 8-element rotary buffer)
-    elements = {name: net["elements"] for name, net in report["networks"].items()}
+    elements = {name: net["parameters"] for name, net in report["networks"].items()}
     assert elements == {"llm": 2_653_616, "flow": 763_328 + 8, "hift": 114_627}
     assert report["networks"]["hift"]["tensors"] == 328
     assert report["files"]["llm.pt"] == (v3_model_dir / "llm.pt").stat().st_size
@@ -264,7 +266,7 @@ def test_convert_round_trip(official, converted_dir, v3_model_dir):
         assert (converted_dir / name).read_bytes() == (v3_model_dir / name).read_bytes()
     report = inspect(converted_dir)
     assert (report["format"], report["problems"], report["model_id"]) == ("converted", [], official.model_id)
-    assert report["networks"]["hift"]["elements"] < inspect(v3_model_dir)["networks"]["hift"]["elements"]
+    assert report["networks"]["hift"]["parameters"] < inspect(v3_model_dir)["networks"]["hift"]["parameters"]
 
 
 def test_convert_refuses_existing_output_and_leaves_no_temporaries(v3_model_dir, converted_dir):

@@ -84,7 +84,10 @@ for _tag in ("!ref", "!copy"):
     _SafeHyperLoader.add_constructor(_tag, lambda loader, node: _Ref(loader.construct_scalar(node)))
 _SafeHyperLoader.add_constructor("!tuple", lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 _SafeHyperLoader.add_constructor("!PLACEHOLDER", lambda loader, node: None)
-_SafeHyperLoader.add_constructor("!include", lambda loader, node: {"!include": loader.construct_scalar(node)})
+# Any other local tag (`!include:file.yaml`, `!module:pkg`, ...) is kept as data too, with its name as the kind.
+_SafeHyperLoader.add_multi_constructor(
+    "!", lambda loader, suffix, node: _construct_call(loader, suffix.partition(":")[2], node, suffix.partition(":")[0])
+)
 # YAML 1.1 reads `1e-06` as a string; HyperPyYAML (like YAML 1.2) reads it as a float.
 _SafeHyperLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
@@ -693,7 +696,7 @@ def _tensor_summary(state: dict[str, torch.Tensor]) -> dict:
             elements += tensor.numel()
         name = str(tensor.dtype).removeprefix("torch.")
         dtypes[name] = dtypes.get(name, 0) + 1
-    return {"tensors": len(state), "elements": elements, "dtypes": dtypes}
+    return {"tensors": len(state), "parameters": elements, "dtypes": dtypes}
 
 
 def _file_sizes(model_dir: Path) -> dict[str, int]:
