@@ -736,8 +736,9 @@ def inspect(path: str | Path, llm_file: str = "llm.pt") -> dict:
             report["model_id"] = model_id_of(model_dir, llm_file)
     except ModelError as exc:
         problems.append(str(exc))
-    if not converted and not (model_dir / BLANK_EN / "model.safetensors").is_file():
+    official = report["family"] is not None and not converted
+    if official and not (model_dir / BLANK_EN / "model.safetensors").is_file():
         problems.append(f"{BLANK_EN}/model.safetensors: missing (only the reference loader needs it)")
-    if not converted and llm_file == "llm.pt" and (model_dir / "llm.rl.pt").is_file():
+    if official and llm_file == "llm.pt" and (model_dir / "llm.rl.pt").is_file():
         report["notes"] = ["llm.rl.pt present: load it with llm_file='llm.rl.pt'"]
     return report
