@@ -221,6 +221,8 @@ def run_synth(
     runtime.set_cpu_threads(opts.threads)
     refuse_existing(opts.out, rows, opts.resume, opts.force)
     model = checkpoint.load_model(opts.model, rt.device, rt.dtype, opts.llm_file)
+    if rt.compile:
+        runtime.compile_model(model)
     prepare_out_dir(opts.out, rows, opts.resume, opts.force)
     on_model(model)
     dtype_name = str(rt.dtype).removeprefix("torch.")
