@@ -69,12 +69,14 @@ class SynthResult:
 
 @dataclass
 class EngineSettings:
-    """Scheduling knobs: rows per batch, the token budget of one batch, text normalisation, rows per window."""
+    """Scheduling knobs: rows per batch, the token budget of one batch, text normalisation, rows per window, and
+    the CPU vocoder budget (mel frames x vocoder channels per batch)."""
 
     batch_size: int = 8
     max_batch_tokens: int = 32768
     text_frontend: bool = True
     window_rows: int = 64
+    vocoder_budget: int = 16384
 
 
 @dataclass
@@ -275,14 +277,23 @@ class Engine:
                 seg.row.error = seg.row.error or _error_text(mel)
             else:
                 ready.append((seg, mel))
-        start = time.perf_counter()
-        wavs = self._isolated(lambda items: self.model.hift.inference([mel for _, mel in items]), ready)
-        self._charge([seg for seg, _ in ready], "hift", time.perf_counter() - start, lambda seg: len(seg.flow_tokens))
-        for (seg, _), wav in zip(ready, wavs, strict=True):
-            if isinstance(wav, BaseException):
-                seg.row.error = seg.row.error or _error_text(wav)
-            else:
-                seg.wav = wav.detach().float().cpu()
+        for batch in self._vocoder_batches(ready):
+            start = time.perf_counter()
+            wavs = self._isolated(lambda items: self.model.hift.inference([mel for _, mel in items]), batch)
+            self._charge([s for s, _ in batch], "hift", time.perf_counter() - start, lambda s: len(s.flow_tokens))
+            for (seg, _), wav in zip(batch, wavs, strict=True):
+                if isinstance(wav, BaseException):
+                    seg.row.error = seg.row.error or _error_text(wav)
+                else:
+                    seg.wav = wav.detach().float().cpu()
+
+    def _vocoder_batches(self, ready: list[tuple[_Segment, torch.Tensor]]) -> list[list[tuple[_Segment, torch.Tensor]]]:
+        """On the CPU, vocoder batches of at most `vocoder_budget` mel frames x vocoder width: its elementwise-heavy
+        layers are memory bound there, and a batch that leaves the cache only adds traffic. Elsewhere, one batch."""
+        if self.model.device.type != "cpu" or not ready:
+            return [ready]
+        width = self.model.config.hift.base_channels
+        return _buckets(ready, lambda item: item[1].shape[-1] * width, len(ready), self.settings.vocoder_budget)
 
     def _flow_call(self, segments: list[_Segment], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
         prompts = [seg.row.prompt for seg in segments]
