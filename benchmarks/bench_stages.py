@@ -1,0 +1,169 @@
+"""Per-stage speed of a CosyVoice3 model against the hardware floors, written as JSON into benchmarks/results/.
+
+LLM decode tokens/s at several batch sizes (every row forced to the same length: min_len = max_len), the batch-1
+decode step against the memory-bandwidth floor (weight bytes read per step / measured bandwidth), flow mel frames/s
+and its time against the GEMM floor (its FLOPs / measured matmul FLOP/s), vocoder samples/s.
+
+    python benchmarks/make_model.py --family cosyvoice3 --size full --seed 0 /tmp/cv3-full
+    python benchmarks/bench_stages.py --model /tmp/cv3-full --dtype float32 bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from floors import best_seconds, matmul_flops, memory_bandwidth
+from torch.utils.flop_counter import FlopCounterMode
+
+from voiceclone import runtime, text
+from voiceclone.checkpoint import load_model
+from voiceclone.models.lm import LMRequest
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PROMPT = HERE.parent / "examples" / "prompts" / "stella_16k.wav"
+PROMPT_TEXT = "Please call Stella and ask her to bring these things with her from the store."
+
+
+def weight_bytes_per_step(lm: torch.nn.Module) -> int:
+    """Bytes of LM weights one decode step reads: everything but embedding tables (one row each is read)."""
+    embedding_params = {id(p) for m in lm.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() * p.element_size() for p in lm.parameters() if id(p) not in embedding_params)
+
+
+def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int) -> dict:
+    """Decode throughput per batch size; the prefill is timed by a 1-token run and subtracted."""
+    tokenizer = model.tokenizer
+    text_ids = tokenizer.encode("Benchmarking the decoder.")
+    prompt_text_ids = tokenizer.encode(text.assemble_prompt_text(PROMPT_TEXT))
+    speech = [int(t) for t in prompt.speech_tokens.tolist()]
+
+    def generate(batch: int, length: int) -> None:
+        requests = [LMRequest(text_ids, prompt_text_ids, speech, seed, length, length) for seed in range(batch)]
+        results = model.lm.generate(requests, batch)
+        assert all(len(r.tokens) == length for r in results), "forced-length decode returned other lengths"
+
+    out = {"prefix_tokens": len(text_ids) + len(prompt_text_ids) + len(speech) + 2, "decode_steps": steps}
+    for batch in batch_sizes:
+        prefill = best_seconds(lambda batch=batch: generate(batch, 1), model.device, repeats)
+        full = best_seconds(lambda batch=batch: generate(batch, steps), model.device, repeats)
+        step = max(full - prefill, 1e-9) / (steps - 1)
+        out[f"batch{batch}"] = {"step_ms": step * 1e3, "tokens_per_s": batch / step, "prefill_ms": prefill * 1e3}
+    return out
+
+
+def bench_flow(model, prompt, tokens: int, repeats: int) -> dict:
+    """Flow mel frames/s for one row of `tokens` speech tokens, and its FLOPs against the measured GEMM rate."""
+    device, dtype = model.device, model.dtype
+    gen = torch.Generator().manual_seed(0)
+    speech = torch.randint(0, model.config.lm.speech_token_size, (tokens,), generator=gen).to(device)
+    args = (
+        [speech],
+        [prompt.speech_tokens.to(device=device, dtype=torch.long)],
+        [prompt.mel.to(device=device, dtype=dtype)],
+        prompt.embedding[None].to(device=device, dtype=dtype),
+    )
+    seconds = best_seconds(lambda: model.flow.inference(*args), device, repeats)
+    with FlopCounterMode(display=False) as counter:
+        model.flow.inference(*args)
+    flops = counter.get_total_flops()
+    dit = model.config.flow.dit
+    frames_total = 2 * (tokens + len(prompt.speech_tokens))
+    gemm = matmul_flops(device, dtype, m=2 * frames_total, k=dit.dim, n=dit.dim * dit.ff_mult)
+    floor = flops / gemm
+    return {
+        "tokens": tokens,
+        "mel_frames": 2 * tokens,
+        "frames_in_estimator": frames_total,
+        "seconds": seconds,
+        "mel_frames_per_s": 2 * tokens / seconds,
+        "gflop": flops / 1e9,
+        "gemm_gflop_per_s": gemm / 1e9,
+        "gemm_floor_s": floor,
+        "ratio_to_floor": seconds / floor,
+    }
+
+
+def bench_hift(model, frames: int, repeats: int) -> dict:
+    """Vocoder samples/s on one mel of `frames` frames."""
+    gen = torch.Generator().manual_seed(0)
+    mel = (torch.randn(model.config.hift.in_channels, frames, generator=gen) - 5.0).to(model.device)
+    seconds = best_seconds(lambda: model.hift.inference([mel]), model.device, repeats)
+    samples = len(model.hift.inference([mel])[0])
+    return {"mel_frames": frames, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+
+
+def run(args: argparse.Namespace, dtype_name: str) -> dict:
+    rt = runtime.resolve_runtime(args.device, dtype_name, args.attention, compile=False)
+    start = time.perf_counter()
+    model = load_model(args.model, rt.device, rt.dtype)
+    load_s = time.perf_counter() - start
+    prompt = model.frontend.extract(Path(args.prompt))
+    bandwidth = memory_bandwidth(rt.device)
+    lm = bench_lm(model, prompt, args.batch_sizes, args.decode_steps, args.repeats)
+    step_bytes = weight_bytes_per_step(model.lm)
+    floor_ms = step_bytes / bandwidth * 1e3
+    lm["weight_bytes_per_step"] = step_bytes
+    lm["bandwidth_floor_ms"] = floor_ms
+    lm["batch1_ratio_to_floor"] = lm["batch1"]["step_ms"] / floor_ms if "batch1" in lm else None
+    largest = max(args.batch_sizes)
+    if "batch1" in lm:
+        lm[f"batch{largest}_speedup_vs_batch1"] = lm[f"batch{largest}"]["tokens_per_s"] / lm["batch1"]["tokens_per_s"]
+    return {
+        "dtype": dtype_name,
+        "load_seconds": load_s,
+        "memory_bandwidth_GBps": bandwidth / 1e9,
+        "lm": lm,
+        "flow": bench_flow(model, prompt, args.flow_tokens, args.repeats),
+        "hift": bench_hift(model, args.hift_frames, args.repeats),
+    }
+
+
+def print_summary(result: dict) -> None:
+    lm, flow, hift = result["lm"], result["flow"], result["hift"]
+    print(f"[{result['dtype']}] bandwidth {result['memory_bandwidth_GBps']:.1f} GB/s")
+    for key, value in lm.items():
+        if key.startswith("batch") and isinstance(value, dict):
+            print(f"  LLM decode {key}: {value['tokens_per_s']:.1f} tok/s ({value['step_ms']:.2f} ms/step)")
+    print(f"  decode step b1 {lm['batch1']['step_ms']:.2f} ms vs bandwidth floor {lm['bandwidth_floor_ms']:.2f} ms")
+    print(f"  flow {flow['mel_frames_per_s']:.1f} mel frames/s; {flow['seconds']:.3f} s vs GEMM floor")
+    print(f"       {flow['gemm_floor_s']:.3f} s ({flow['gflop']:.1f} GFLOP at {flow['gemm_gflop_per_s']:.0f} GFLOP/s)")
+    print(f"  vocoder {hift['samples_per_s']:.0f} samples/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model directory (make one with benchmarks/make_model.py)")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--prompt", default=str(DEFAULT_PROMPT))
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--flow-tokens", type=int, default=100)
+    parser.add_argument("--hift-frames", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/)")
+    args = parser.parse_args()
+    threads = runtime.set_cpu_threads(args.threads)
+    results = []
+    for dtype_name in args.dtype:
+        results.append(run(args, dtype_name))
+        print_summary(results[-1])
+    device = runtime.resolve_device(args.device)
+    out = Path(args.out or HERE / "results" / f"stages-{Path(args.model).name}-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": str(args.model), "device": str(device), "threads": threads, "cpu": platform.processor()}
+    if device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(device)
+    out.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
