@@ -11,6 +11,7 @@ Checks per row (a row fails when any non-warning check fails; a missing row is a
 
 from __future__ import annotations
 
+import functools
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -104,7 +105,9 @@ def _run_sample_rate(out_dir: Path) -> tuple[int | None, float]:
     return (rate if isinstance(rate, int) else None), float(token_rate or TOKEN_RATE_HZ)
 
 
+@functools.lru_cache(maxsize=4096)
 def _duration_of(path: Path) -> float | None:
+    """Seconds of audio from the header (cached: many rows share a prompt), None when unreadable."""
     try:
         return audio.audio_info(path).duration_s
     except Exception:  # an unreadable file is reported by the caller
@@ -189,6 +192,7 @@ def check_durations(
     """Check every expected row of `out_dir`."""
     out_dir = Path(out_dir)
     tol = tol or Tolerances()
+    _duration_of.cache_clear()  # files may have changed since an earlier call in this process
     if not out_dir.is_dir():
         raise UsageError(f"{out_dir}: output folder not found")
     rows = expected_rows(out_dir, Path(manifest) if manifest else None, fmt)
