@@ -69,13 +69,15 @@ class SynthResult:
 
 @dataclass
 class EngineSettings:
-    """Scheduling knobs: rows per batch, the token budget of one batch, text normalisation, rows per window, and
-    the CPU vocoder budget (mel frames x vocoder channels per batch)."""
+    """Scheduling knobs: rows per batch, the token budget of one batch (rows x longest row), text normalisation,
+    rows per window, the padding a flow/vocoder bucket may add (fraction of its shortest row), and the CPU
+    vocoder budget (mel frames x vocoder channels per batch)."""
 
     batch_size: int = 8
     max_batch_tokens: int = 32768
     text_frontend: bool = True
     window_rows: int = 64
+    max_padding: float = 0.25
     vocoder_budget: int = 16384
 
 
@@ -131,12 +133,20 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def _buckets(items: list, length: Callable[[Any], int], batch_size: int, max_batch_tokens: int) -> list[list]:
-    """Consecutive groups of length-sorted `items`, each at most `batch_size` long and within the token budget."""
+def _buckets(
+    items: list, length: Callable[[Any], int], batch_size: int, max_batch_tokens: int, max_padding: float
+) -> list[list]:
+    """Consecutive groups of length-sorted `items`: at most `batch_size` long, within the token budget (rows x
+    longest), and no row longer than `1 + max_padding` times the group's shortest (bounded padding waste)."""
     groups: list[list] = []
     for item in sorted(items, key=length):
         group = groups[-1] if groups else None
-        if group and len(group) < batch_size and (len(group) + 1) * length(item) <= max_batch_tokens:
+        if (
+            group
+            and len(group) < batch_size
+            and (len(group) + 1) * length(item) <= max_batch_tokens
+            and length(item) <= (1 + max_padding) * length(group[0])
+        ):
             group.append(item)
         else:
             groups.append([item])
@@ -237,11 +247,9 @@ class Engine:
     # -- stages ------------------------------------------------------------------------------------------------------
 
     def _generate(self, segments: list[_Segment]) -> None:
-        """LLM tokens for every segment: one `lm.generate` call per work bucket (prefix + bound)."""
-        s = self.settings
-        for group in self._lm_buckets(segments):
-            longest = max(seg.prefix_len + seg.request.max_len for seg in group)
-            slots = max(1, min(s.batch_size, len(group), s.max_batch_tokens // longest))
+        """LLM tokens for every segment: one `lm.generate` call per group of `_lm_groups`."""
+        for group, slots in self._lm_groups(segments):
+            slots = min(slots, len(group))
             start = time.perf_counter()
             results = self._isolated(lambda items, slots=slots: self._lm_call(items, slots), group)
             self._charge(group, "llm", time.perf_counter() - start, lambda seg: seg.prefix_len + len(seg.tokens))
@@ -293,7 +301,8 @@ class Engine:
         if self.model.device.type != "cpu" or not ready:
             return [ready]
         width = self.model.config.hift.base_channels
-        return _buckets(ready, lambda item: item[1].shape[-1] * width, len(ready), self.settings.vocoder_budget)
+        budget = self.settings.vocoder_budget
+        return _buckets(ready, lambda item: item[1].shape[-1] * width, len(ready), budget, self.settings.max_padding)
 
     def _flow_call(self, segments: list[_Segment], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
         prompts = [seg.row.prompt for seg in segments]
@@ -306,21 +315,26 @@ class Engine:
 
     # -- scheduling helpers ------------------------------------------------------------------------------------------
 
-    def _lm_buckets(self, segments: list[_Segment]) -> list[list[_Segment]]:
-        """Segments sorted by estimated work (prompt + target tokens), cut where the longest would exceed 2x the
-        shortest, so one static KV cache per call is not mostly padding."""
-        groups: list[list[_Segment]] = []
-        for seg in sorted(segments, key=lambda seg: seg.prefix_len):
-            if groups and seg.prefix_len + seg.request.max_len <= 2 * (
-                groups[-1][0].prefix_len + groups[-1][0].request.max_len
-            ):
-                groups[-1].append(seg)
+    def _lm_groups(self, segments: list[_Segment]) -> list[tuple[list[_Segment], int]]:
+        """Segments with their decode slot counts, longest estimated work (prefix + length bound) first, so that
+        continuous batching fills the tail with short rows. One `generate` call per group; a new group starts only
+        where the token budget (slots x longest) allows twice the slots of the current one."""
+        s = self.settings
+
+        def slots(seg: _Segment) -> int:
+            return max(1, min(s.batch_size, s.max_batch_tokens // (seg.prefix_len + seg.request.max_len)))
+
+        groups: list[tuple[list[_Segment], int]] = []
+        for seg in sorted(segments, key=lambda seg: seg.prefix_len + seg.request.max_len, reverse=True):
+            if groups and (groups[-1][1] == s.batch_size or slots(seg) < 2 * groups[-1][1]):
+                groups[-1][0].append(seg)
             else:
-                groups.append([seg])
+                groups.append(([seg], slots(seg)))
         return groups
 
     def _token_buckets(self, segments: list[_Segment], length: Callable[[_Segment], int]) -> list[list[_Segment]]:
-        return _buckets(segments, length, self.settings.batch_size, self.settings.max_batch_tokens)
+        s = self.settings
+        return _buckets(segments, length, s.batch_size, s.max_batch_tokens, s.max_padding)
 
     def _isolated(self, call: Callable[[list], list], items: list) -> list:
         """`call(items)`, split in halves on out-of-memory and run row by row on any other error, so a failure is
