@@ -155,6 +155,7 @@ def test_jsonl_problems(folder: Path):
         json.dumps({**good, "id": "f", "target_text": 5}),
         json.dumps({**good, "id": "g", "key": "g2"}),
         json.dumps({**good, "id": "h", "seed": 7}),
+        json.dumps({**good, "id": "i", "prompt_text": None, "reference_audio": None, "seed": None}),
     ]
     found = problems(write(folder / "m.jsonl", "\n".join(lines) + "\n"))
     assert found == [
@@ -166,6 +167,7 @@ def test_jsonl_problems(folder: Path):
         f"{name}:7: seed: must be in [0, 2**63)",
         f"{name}:8: target_text: must be a string, found int",
         f"{name}:9: id: given twice (as 'key' and an alias)",
+        f"{name}:11: prompt_text: missing",
     ]
     assert found[1].startswith(f"{name}:3: invalid JSON: ")
 
@@ -298,3 +300,19 @@ def test_unreadable_manifest_is_a_located_error(tmp_path: Path):
         f"{tmp_path / 'absent.csv'}: cannot read manifest: No such file or directory"
     ]
     assert problems(tmp_path, "csv") == [f"{tmp_path}: cannot read manifest: Is a directory"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6) | st.just("prompts/a.wav"),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=5,
+)
+JSON_KEYS = st.sampled_from([*manifest.FIELDS, *manifest.ALIASES, "speaker", ""])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(objects=st.lists(st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=7), min_size=1, max_size=4))
+def test_random_jsonl_objects_only_raise_manifest_errors(folder: Path, objects: list[dict]):
+    path = folder / "fuzz.jsonl"
+    path.write_text("".join(json.dumps(o) + "\n" for o in objects), encoding="utf-8")
+    _only_manifest_errors(path, "jsonl")

@@ -19,6 +19,7 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl
 REQUIRED_FIELDS = ("id", "prompt_audio", "prompt_text", "target_text")
 OPTIONAL_FIELDS = ("reference_audio", "seed")
 FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
+PATH_AND_TEXT_FIELDS = REQUIRED_FIELDS + ("reference_audio",)
 ALIASES = {"key": "id", "prompt_wav": "prompt_audio", "text": "target_text", "wav": "reference_audio"}
 LST_FIELDS = ("id", "prompt_text", "prompt_audio", "target_text", "reference_audio")
 LST_LAYOUT = "id|prompt_text|prompt_wav|target_text[|reference_wav]"
@@ -291,19 +292,17 @@ def load_manifest(path: str | Path, fmt: str | None = None, check_audio: bool = 
                 row_errors.append(ManifestError(name, line, field, message))
 
             values: dict[str, str] = {}
-            for field in FIELDS:
+            for field in PATH_AND_TEXT_FIELDS:
                 value = record.get(field)
-                if field == "seed" or value is None:
-                    continue
-                if not isinstance(value, str):
+                if value is None:
+                    if field in REQUIRED_FIELDS:
+                        fail(field, "missing")
+                elif not isinstance(value, str):
                     fail(field, f"must be a string, found {type(value).__name__}")
-                    continue
-                values[field] = value
-            for field in REQUIRED_FIELDS:
-                if field in record and field in values and not values[field].strip():
+                elif field in REQUIRED_FIELDS and not value.strip():
                     fail(field, "empty")
-                elif field not in record:
-                    fail(field, "missing")
+                else:
+                    values[field] = value
             row_id = values.get("id", "")
             if row_id.strip():
                 problem = id_problem(row_id)
