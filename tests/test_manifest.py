@@ -156,6 +156,7 @@ def test_jsonl_problems(folder: Path):
         json.dumps({**good, "id": "g", "key": "g2"}),
         json.dumps({**good, "id": "h", "seed": 7}),
         json.dumps({**good, "id": "i", "prompt_text": None, "reference_audio": None, "seed": None}),
+        json.dumps({**good, "id": "j", "target_text": "a\ud800b"}),
     ]
     found = problems(write(folder / "m.jsonl", "\n".join(lines) + "\n"))
     assert found == [
@@ -168,6 +169,7 @@ def test_jsonl_problems(folder: Path):
         f"{name}:8: target_text: must be a string, found int",
         f"{name}:9: id: given twice (as 'key' and an alias)",
         f"{name}:11: prompt_text: missing",
+        f"{name}:12: target_text: contains a lone surrogate (not valid Unicode text)",
     ]
     assert found[1].startswith(f"{name}:3: invalid JSON: ")
 

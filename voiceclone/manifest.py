@@ -266,6 +266,14 @@ class _AudioChecker:
         return None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _resolve(base: Path, value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
@@ -301,6 +309,8 @@ def load_manifest(path: str | Path, fmt: str | None = None, check_audio: bool = 
                     fail(field, f"must be a string, found {type(value).__name__}")
                 elif field in REQUIRED_FIELDS and not value.strip():
                     fail(field, "empty")
+                elif not _encodable(value):
+                    fail(field, "contains a lone surrogate (not valid Unicode text)")
                 else:
                     values[field] = value
             row_id = values.get("id", "")
