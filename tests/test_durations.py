@@ -138,6 +138,9 @@ def test_cli_passes_and_usage_errors(tmp_path: Path):
     nothing = CliRunner().invoke(app, ["check-durations", str(out)])
     assert nothing.exit_code == 2 and "no report to take the expected rows from" in nothing.output
     assert CliRunner().invoke(app, ["check-durations", str(tmp_path / "absent")]).exit_code == 2
+    (out / "report.jsonl").write_text("")
+    empty = CliRunner().invoke(app, ["check-durations", str(out)])
+    assert empty.exit_code == 2 and "holds no rows to check" in empty.output
 
 
 def test_the_old_script_name_runs_the_same_check(tmp_path: Path):

@@ -91,7 +91,10 @@ def expected_rows(out_dir: Path, manifest: Path | None = None, fmt: str | None =
     report = out_dir / REPORT_JSONL
     if not report.is_file():
         raise UsageError(f"{report}: no report to take the expected rows from; pass --manifest")
-    return [Expected(row_id) for row_id in read_report_rows(report)]
+    rows = [Expected(row_id) for row_id in read_report_rows(report)]
+    if not rows:
+        raise UsageError(f"{report}: holds no rows to check")
+    return rows
 
 
 def _run_sample_rate(out_dir: Path) -> tuple[int | None, float]:
