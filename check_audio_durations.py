@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The old script name: `python check_audio_durations.py OUT [options]` is `voiceclone check-durations OUT [options]`."""
+"""The old script name: `python check_audio_durations.py OUT [opts]` is `voiceclone check-durations OUT [opts]`."""
 
 import sys
 
