@@ -25,38 +25,31 @@ from voiceclone.engine import Engine, EngineSettings, SynthRequest
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE.parent / "examples" / "prompts"
-PROMPT_ROWS = [
-    ("stella_16k.wav", "Please call Stella and ask her to bring these things with her from the store."),
-    ("canoe_44k.wav", "The birch canoe slid on the smooth planks."),
-]
+PROMPT = (PROMPTS / "canoe_44k.wav", "The birch canoe slid on the smooth planks.")
+# Short targets (3 to 7 tokens: at most 60 to 140 speech tokens each), so the full-size fp32 runs fit a few minutes.
 TARGETS = [
     "Yes.",
-    "Thank you.",
-    "See you soon.",
-    "Good morning, everyone.",
-    "The train leaves at noon.",
-    "Please close the door behind you.",
-    "It will rain later today, so take an umbrella.",
-    "We walked along the river until the sun went down.",
     "No.",
-    "Call me back at five thirty, please.",
-    "The library opens early on weekdays.",
-    "Could you pass the salt?",
-    "Our meeting moved to the large room on the second floor.",
     "Fine.",
-    "She read the letter twice before answering it.",
-    "The garden needs water every evening in summer.",
+    "Good day.",
+    "天气很好。",
+    "Good night.",
+    "Not today.",
+    "Sit down.",
+    "All right.",
+    "Me too.",
+    "Go home.",
+    "I agree.",
+    "Thank you.",
+    "Come in.",
+    "Right away.",
+    "See you soon.",
 ]
 
 
 def manifest(rows: int) -> list[SynthRequest]:
-    """`rows` requests of very different target lengths over two prompts, with fixed seeds."""
-    requests = []
-    for i in range(rows):
-        wav, prompt_text = PROMPT_ROWS[i % len(PROMPT_ROWS)]
-        target = TARGETS[i % len(TARGETS)]
-        requests.append(SynthRequest(f"row{i:02d}", PROMPTS / wav, prompt_text, target, seed=1000 + i))
-    return requests
+    """`rows` requests of different target lengths sharing one prompt, with fixed seeds."""
+    return [SynthRequest(f"row{i:02d}", *PROMPT, TARGETS[i % len(TARGETS)], seed=1000 + i) for i in range(rows)]
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -65,8 +58,7 @@ def run_one(args: argparse.Namespace) -> dict:
     rt = runtime.resolve_runtime(args.device, args.dtype[0], args.attention, compile=args.compile)
     model = load_model(args.model, rt.device, rt.dtype)
     requests = manifest(args.rows)
-    for path in {r.prompt_audio for r in requests}:
-        model.frontend.extract(path)
+    model.frontend.extract(PROMPT[0])
     settings = EngineSettings(batch_size=args.batch_sizes[0], text_frontend=False, window_rows=args.rows)
     engine = Engine(model, settings)
     start = time.perf_counter()

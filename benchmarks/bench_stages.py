@@ -35,12 +35,13 @@ def weight_bytes_per_step(lm: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in lm.parameters() if id(p) not in embedding_params)
 
 
-def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int) -> dict:
-    """Decode throughput per batch size; the prefill is timed by a 1-token run and subtracted."""
+def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int, prompt_tokens: int) -> dict:
+    """Decode throughput per batch size: (time of 4 + steps tokens - time of 4 tokens) / steps, so the prefill and
+    the first steps cancel; every row is forced to the same length (min_len = max_len)."""
     tokenizer = model.tokenizer
     text_ids = tokenizer.encode("Benchmarking the decoder.")
     prompt_text_ids = tokenizer.encode(text.assemble_prompt_text(PROMPT_TEXT))
-    speech = [int(t) for t in prompt.speech_tokens.tolist()]
+    speech = [int(t) for t in prompt.speech_tokens.tolist()][:prompt_tokens]
 
     def generate(batch: int, length: int) -> None:
         requests = [LMRequest(text_ids, prompt_text_ids, speech, seed, length, length) for seed in range(batch)]
@@ -49,38 +50,40 @@ def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int) ->
 
     out = {"prefix_tokens": len(text_ids) + len(prompt_text_ids) + len(speech) + 2, "decode_steps": steps}
     for batch in batch_sizes:
-        prefill = best_seconds(lambda batch=batch: generate(batch, 1), model.device, repeats)
-        full = best_seconds(lambda batch=batch: generate(batch, steps), model.device, repeats)
-        step = max(full - prefill, 1e-9) / (steps - 1)
-        out[f"batch{batch}"] = {"step_ms": step * 1e3, "tokens_per_s": batch / step, "prefill_ms": prefill * 1e3}
+        short = best_seconds(lambda batch=batch: generate(batch, 4), model.device, repeats)
+        full = best_seconds(lambda batch=batch: generate(batch, 4 + steps), model.device, repeats)
+        step = max(full - short, 1e-9) / steps
+        out[f"batch{batch}"] = {"step_ms": step * 1e3, "tokens_per_s": batch / step, "first4_ms": short * 1e3}
     return out
 
 
-def bench_flow(model, prompt, tokens: int, repeats: int) -> dict:
-    """Flow mel frames/s for one row of `tokens` speech tokens, and its FLOPs against the measured GEMM rate."""
+def bench_flow(model, prompt, tokens: int, prompt_tokens: int, repeats: int) -> dict:
+    """Flow mel frames/s for one row of `tokens` speech tokens after `prompt_tokens` prompt tokens, and its FLOPs
+    (counted on the first, warm-up call) against the measured GEMM rate at the estimator's shape."""
     device, dtype = model.device, model.dtype
     gen = torch.Generator().manual_seed(0)
     speech = torch.randint(0, model.config.lm.speech_token_size, (tokens,), generator=gen).to(device)
+    ratio = model.config.flow.token_mel_ratio
     args = (
         [speech],
-        [prompt.speech_tokens.to(device=device, dtype=torch.long)],
-        [prompt.mel.to(device=device, dtype=dtype)],
+        [prompt.speech_tokens[:prompt_tokens].to(device=device, dtype=torch.long)],
+        [prompt.mel[: ratio * prompt_tokens].to(device=device, dtype=dtype)],
         prompt.embedding[None].to(device=device, dtype=dtype),
     )
-    seconds = best_seconds(lambda: model.flow.inference(*args), device, repeats)
     with FlopCounterMode(display=False) as counter:
         model.flow.inference(*args)
     flops = counter.get_total_flops()
+    seconds = best_seconds(lambda: model.flow.inference(*args), device, repeats, warmup=0)
     dit = model.config.flow.dit
-    frames_total = 2 * (tokens + len(prompt.speech_tokens))
+    frames_total = ratio * (tokens + min(prompt_tokens, len(prompt.speech_tokens)))
     gemm = matmul_flops(device, dtype, m=2 * frames_total, k=dit.dim, n=dit.dim * dit.ff_mult)
     floor = flops / gemm
     return {
         "tokens": tokens,
-        "mel_frames": 2 * tokens,
+        "mel_frames": ratio * tokens,
         "frames_in_estimator": frames_total,
         "seconds": seconds,
-        "mel_frames_per_s": 2 * tokens / seconds,
+        "mel_frames_per_s": ratio * tokens / seconds,
         "gflop": flops / 1e9,
         "gemm_gflop_per_s": gemm / 1e9,
         "gemm_floor_s": floor,
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace, dtype_name: str) -> dict:
     load_s = time.perf_counter() - start
     prompt = model.frontend.extract(Path(args.prompt))
     bandwidth = memory_bandwidth(rt.device)
-    lm = bench_lm(model, prompt, args.batch_sizes, args.decode_steps, args.repeats)
+    lm = bench_lm(model, prompt, args.batch_sizes, args.decode_steps, args.repeats, args.prompt_tokens)
     step_bytes = weight_bytes_per_step(model.lm)
     floor_ms = step_bytes / bandwidth * 1e3
     lm["weight_bytes_per_step"] = step_bytes
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace, dtype_name: str) -> dict:
         "load_seconds": load_s,
         "memory_bandwidth_GBps": bandwidth / 1e9,
         "lm": lm,
-        "flow": bench_flow(model, prompt, args.flow_tokens, args.repeats),
+        "flow": bench_flow(model, prompt, args.flow_tokens, args.prompt_tokens, args.flow_repeats),
         "hift": bench_hift(model, args.hift_frames, args.repeats),
     }
 
@@ -130,6 +133,9 @@ def print_summary(result: dict) -> None:
         if key.startswith("batch") and isinstance(value, dict):
             print(f"  LLM decode {key}: {value['tokens_per_s']:.1f} tok/s ({value['step_ms']:.2f} ms/step)")
     print(f"  decode step b1 {lm['batch1']['step_ms']:.2f} ms vs bandwidth floor {lm['bandwidth_floor_ms']:.2f} ms")
+    for key, value in lm.items():
+        if key.endswith("_speedup_vs_batch1"):
+            print(f"  decode throughput {key.removesuffix('_speedup_vs_batch1')} / batch1: {value:.2f}x")
     print(f"  flow {flow['mel_frames_per_s']:.1f} mel frames/s; {flow['seconds']:.3f} s vs GEMM floor")
     print(f"       {flow['gemm_floor_s']:.3f} s ({flow['gflop']:.1f} GFLOP at {flow['gemm_gflop_per_s']:.0f} GFLOP/s)")
     print(f"  vocoder {hift['samples_per_s']:.0f} samples/s")
@@ -144,8 +150,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--prompt", default=str(DEFAULT_PROMPT))
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
-    parser.add_argument("--decode-steps", type=int, default=32)
-    parser.add_argument("--flow-tokens", type=int, default=100)
+    parser.add_argument("--decode-steps", type=int, default=24)
+    parser.add_argument("--prompt-tokens", type=int, default=50, help="prompt speech tokens used (LLM and flow)")
+    parser.add_argument("--flow-tokens", type=int, default=50)
+    parser.add_argument("--flow-repeats", type=int, default=2)
     parser.add_argument("--hift-frames", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/)")
