@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def main() -> None:
     device = runtime.resolve_device(args.device)
     out = Path(args.out or HERE / "results" / f"e2e-{Path(args.model).name}-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     runs = []
     scratch = tempfile.TemporaryDirectory()
     for dtype in args.dtype:
@@ -145,7 +147,9 @@ def main() -> None:
     for r in runs:
         r.pop("wav_file")
         r.pop("speech_tokens")
-    out.write_text(json.dumps({"model": args.model, "device": str(device), "runs": runs, "summary": summary}, indent=1))
+    meta = {"model": args.model, "device": str(device), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
+    out.write_text(json.dumps({**meta, "runs": runs, "summary": summary}, indent=1) + "\n")
     print(f"wrote {out}")
 
 

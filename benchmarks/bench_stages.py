@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -159,6 +160,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     threads = runtime.set_cpu_threads(args.threads)
+    load_before = os.getloadavg()[0]
     results = []
     for dtype_name in args.dtype:
         results.append(run(args, dtype_name))
@@ -167,6 +169,8 @@ def main() -> None:
     out = Path(args.out or HERE / "results" / f"stages-{Path(args.model).name}-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": str(args.model), "device": str(device), "threads": threads, "cpu": platform.processor()}
+    meta["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
+    meta["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     out.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
