@@ -1,0 +1,71 @@
+"""Print the markdown tables of benchmarks/README.md from the JSON files in benchmarks/results/.
+
+python benchmarks/table.py benchmarks/results/*-cosyvoice3-full-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _load(data: dict) -> str:
+    before, after = data["loadavg_1min_before_after"]
+    return f"load average before/after {before:.1f}/{after:.1f}"
+
+
+def stages_table(data: dict) -> list[str]:
+    lines = [
+        f"Per stage: `{Path(data['model']).name}` on {data['device']} ({data['threads']} threads), {data['utc']}, "
+        + _load(data),
+        "",
+        "| dtype | decode b1 tok/s | b4 tok/s | b16 tok/s | b16 / b1 | b1 step ms | bandwidth floor ms | step / floor "
+        "| flow mel frames/s | flow s | GEMM floor s | flow / floor | vocoder samples/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        lm, flow, hift = r["lm"], r["flow"], r["hift"]
+        lines.append(
+            f"| {r['dtype']} | {lm['batch1']['tokens_per_s']:.1f} | {lm['batch4']['tokens_per_s']:.1f} "
+            f"| {lm['batch16']['tokens_per_s']:.1f} | {lm['batch16_speedup_vs_batch1']:.2f}x "
+            f"| {lm['batch1']['step_ms']:.1f} | {lm['bandwidth_floor_ms']:.1f} | {lm['batch1_ratio_to_floor']:.2f}x "
+            f"| {flow['mel_frames_per_s']:.1f} | {flow['seconds']:.2f} | {flow['gemm_floor_s']:.2f} "
+            f"| {flow['ratio_to_floor']:.2f}x | {hift['samples_per_s']:.0f} |"
+        )
+    bandwidth = ", ".join(f"{r['dtype']} {r['memory_bandwidth_GBps']:.1f} GB/s" for r in data["results"])
+    gemm = ", ".join(f"{r['dtype']} {r['flow']['gemm_gflop_per_s']:.0f} GFLOP/s" for r in data["results"])
+    lines += ["", f"Measured copy bandwidth: {bandwidth}; matmul at the estimator's shape: {gemm}."]
+    return lines
+
+
+def e2e_table(data: dict) -> list[str]:
+    lines = [
+        f"End to end: `{Path(data['model']).name}` on {data['device']}, 16 rows, {data['utc']}, " + _load(data),
+        "",
+        "| dtype | batch | wall s | audio s | RTF | LLM s | flow s | vocoder s | peak memory MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["runs"]:
+        st = r["stage_seconds"]
+        lines.append(
+            f"| {r['dtype']} | {r['batch_size']} | {r['wall_seconds']:.2f} | {r['audio_seconds']:.2f} | {r['rtf']:.3f} "
+            f"| {st['llm']:.2f} | {st['flow']:.2f} | {st['hift']:.2f} | {r['peak_memory_MB']:.0f} |"
+        )
+    lines.append("")
+    for key, value in data["summary"].items():
+        lines.append(f"- {key}: {json.dumps(value)}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path)
+    for path in parser.parse_args().files:
+        data = json.loads(path.read_text())
+        print("\n".join(stages_table(data) if "results" in data else e2e_table(data)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
