@@ -139,3 +139,15 @@ def test_silent_token_rule_and_segment_seeds():
     assert segment_seed(1234, 0) == 1234
     seeds = {segment_seed(1234, j) for j in range(5)}
     assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_text_frontend_and_unspeakable_rows(model, prompts):
+    prompt_path, prompt_text = prompts[0]
+    rows = [
+        SynthRequest("digits", prompt_path, prompt_text, "I have 2 cats.", seed=3),
+        SynthRequest("dots", prompt_path, prompt_text, "...", seed=4),
+    ]
+    results = {r.id: r for r in Engine(model, EngineSettings(batch_size=2, text_frontend=True)).run(rows)}
+    assert results["digits"].error is None
+    assert results["digits"].text_tokens == len(model.tokenizer.encode("I have two cats."))
+    assert results["dots"].error and "no tokens to speak" in results["dots"].error and results["dots"].wav is None
