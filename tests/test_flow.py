@@ -3,66 +3,24 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from voiceclone.checkpoint import read_config
 from voiceclone.errors import ModelError
-from voiceclone.models.dit import DiTConfig
 from voiceclone.models.flow import Flow, FlowConfig
 
 E2E_CASES = ["prompt_en_seed1234", "prompt_en_seed4321", "prompt_zh_seed1234", "prompt_zh_seed4321"]
 
 
-def read_recipe(path: Path) -> dict:
-    """The HyperPyYAML recipe as plain data: tags dropped, `!ref <a> * <b>` resolved for top-level ints."""
-
-    class TagIgnoringLoader(yaml.SafeLoader):
-        pass
-
-    def untagged(loader, _suffix, node):
-        if isinstance(node, yaml.MappingNode):
-            return loader.construct_mapping(node, deep=True)
-        if isinstance(node, yaml.SequenceNode):
-            return loader.construct_sequence(node, deep=True)
-        return loader.construct_scalar(node)
-
-    TagIgnoringLoader.add_multi_constructor("!", untagged)
-    recipe = yaml.load(path.read_text(), Loader=TagIgnoringLoader)
-
-    def resolve(value):
-        if isinstance(value, dict):
-            return {k: resolve(v) for k, v in value.items()}
-        if isinstance(value, str) and "<" in value:
-            factors = [resolve(recipe[name]) for name in re.findall(r"<(\w+)>", value)]
-            return factors[0] if len(factors) == 1 else eval("*".join(map(str, factors)))  # noqa: S307
-        return value
-
-    return resolve(recipe)
-
-
 def flow_config(model_dir: Path) -> FlowConfig:
-    flow = read_recipe(model_dir / "cosyvoice3.yaml")["flow"]
-    dit = flow["decoder"]["estimator"]
-    cfm = flow["decoder"]["cfm_params"]["content"]
-    return FlowConfig(
-        vocab_size=flow["vocab_size"],
-        input_size=flow["input_size"],
-        output_size=flow["output_size"],
-        spk_embed_dim=flow["spk_embed_dim"],
-        token_mel_ratio=flow["token_mel_ratio"],
-        pre_lookahead_len=flow["pre_lookahead_len"],
-        pre_lookahead_channels=flow["pre_lookahead_layer"]["channels"],
-        inference_cfg_rate=float(cfm["inference_cfg_rate"]),
-        t_scheduler=cfm["t_scheduler"],
-        dit=DiTConfig(**{k: int(dit[k]) for k in DiTConfig.__dataclass_fields__}),
-    )
+    """The flow settings as the real loader reads them from the model directory."""
+    return read_config(model_dir).flow
 
 
 @pytest.fixture(scope="module")

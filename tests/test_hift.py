@@ -2,63 +2,23 @@
 
 from __future__ import annotations
 
-import ast
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from voiceclone.checkpoint import read_config
 from voiceclone.errors import ModelError
 from voiceclone.models.hift import HiFT, HiFTConfig, SineNoiseTable, draw_construction_tables
 
 E2E_CASES = ["e2e_prompt_en_seed1234", "e2e_prompt_en_seed4321", "e2e_prompt_zh_seed1234", "e2e_prompt_zh_seed4321"]
 
 
-def _yaml_blocks(text: str) -> dict[str, object]:
-    """Test-local reader of the yaml's plain `key: value` lines as dotted keys (`hift.f0_predictor.cond_channels`)."""
-    values: dict[str, object] = {}
-    stack: list[tuple[int, str]] = []
-    for line in text.splitlines():
-        match = re.match(r"^( *)([A-Za-z_]\w*):\s*(.*?)\s*(#.*)?$", line)
-        if not match:
-            continue
-        indent, key, raw = len(match[1]), match[2], match[3]
-        stack = [(i, k) for i, k in stack if i < indent]
-        dotted = ".".join([k for _, k in stack] + [key])
-        stack.append((indent, key))
-        if (ref := re.fullmatch(r"!ref <(\w+)>", raw)) and ref[1] in values:
-            values[dotted] = values[ref[1]]
-        elif raw and not raw.startswith("!"):
-            try:
-                values[dotted] = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                values[dotted] = raw
-    return values
-
-
-def _tuples(value: object) -> object:
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 @pytest.fixture(scope="module")
 def config(v3_model_dir: Path) -> HiFTConfig:
-    y = _yaml_blocks((v3_model_dir / "cosyvoice3.yaml").read_text())
-    hift_keys = [f for f in HiFTConfig.__dataclass_fields__ if f"hift.{f}" in y]
-    return HiFTConfig(
-        **{f: _tuples(y[f"hift.{f}"]) for f in hift_keys},
-        istft_n_fft=y["hift.istft_params.n_fft"],
-        istft_hop_len=y["hift.istft_params.hop_len"],
-        f0_num_class=y["hift.f0_predictor.num_class"],
-        f0_in_channels=y["hift.f0_predictor.in_channels"],
-        f0_cond_channels=y["hift.f0_predictor.cond_channels"],
-        flow_vocab_size=y["flow.vocab_size"],
-        flow_input_size=y["flow.input_size"],
-        flow_spk_embed_dim=y["flow.spk_embed_dim"],
-        flow_output_size=y["flow.output_size"],
-    )
+    return read_config(v3_model_dir).hift
 
 
 @pytest.fixture(scope="module")

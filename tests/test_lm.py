@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from voiceclone.checkpoint import read_config
 from voiceclone.errors import ModelError
 from voiceclone.models.lm import (
     CosyVoice3LM,
@@ -26,13 +26,9 @@ from voiceclone.models.qwen2 import Qwen2Config
 LOGITS_TOL = 1e-4
 
 
-def lm_config(model_dir: Path, sd: dict[str, torch.Tensor]) -> LMConfig:
-    """Every dimension from the model directory: Qwen2 from config.json, speech vocabulary from the yaml and llm.pt."""
-    qwen = Qwen2Config.from_hf(json.loads((model_dir / "CosyVoice-BlankEN" / "config.json").read_text()))
-    yaml_text = (model_dir / "cosyvoice3.yaml").read_text()
-    speech_token_size = int(re.search(r"^\s*speech_token_size:\s*(\d+)", yaml_text, re.M).group(1))
-    vocab_out = sd["speech_embedding.weight"].shape[0]
-    return LMConfig(qwen=qwen, speech_token_size=speech_token_size, extra_tokens=vocab_out - speech_token_size)
+def lm_config(model_dir: Path) -> LMConfig:
+    """Every dimension from the model directory, as the real loader reads it."""
+    return read_config(model_dir).lm
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,7 @@ def official_sd(v3_model_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lm(v3_model_dir: Path, official_sd) -> CosyVoice3LM:
-    model = CosyVoice3LM(lm_config(v3_model_dir, official_sd)).eval()
+    model = CosyVoice3LM(lm_config(v3_model_dir)).eval()
     model.load_official_state_dict(official_sd)
     return model
 
