@@ -97,6 +97,36 @@ class KVCache(nn.Module):
         self.v[layer][rows, :, input_pos] = v.transpose(1, 2)
 
 
+class Linear(nn.Linear):
+    """nn.Linear that, in CPU inference (float32/bfloat16), multiplies through a oneDNN-packed copy of its weight.
+
+    On the 2-core benchmark machine MKL's matrix-vector path reads the weights at ~19 GB/s; the packed oneDNN kernel
+    halves the 0.5B decode step at batch 1 and cuts it ~2.5x at batch 16 (see benchmarks/README.md). The packed copy
+    is made on first use and rebuilt whenever the weight tensor changes (device, dtype, load).
+    """
+
+    _packed: tuple[tuple, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._use_onednn(x):
+            return super().forward(x)
+        key = (self.weight.data_ptr(), self.weight.dtype, self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(rows, self._packed[1], self.bias, "none", [], "")
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _use_onednn(self, x: Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and x.dtype == self.weight.dtype in (torch.float32, torch.bfloat16)
+            and not (torch.is_grad_enabled() and self.weight.requires_grad)
+            and not torch.compiler.is_compiling()
+            and torch.backends.mkldnn.is_available()
+        )
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32, scaled by a learned weight."""
 
@@ -147,10 +177,10 @@ class Attention(nn.Module):
         self.layer = layer
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim)
-        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim)
-        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
+        self.q_proj = Linear(config.hidden_size, self.heads * self.head_dim)
+        self.k_proj = Linear(config.hidden_size, self.kv_heads * self.head_dim)
+        self.v_proj = Linear(config.hidden_size, self.kv_heads * self.head_dim)
+        self.o_proj = Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(
         self,
@@ -181,9 +211,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: Qwen2Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
