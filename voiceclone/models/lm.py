@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from voiceclone.errors import ModelError
-from voiceclone.models.qwen2 import KVCache, Qwen2, Qwen2Config
+from voiceclone.models.qwen2 import KVCache, Linear, Qwen2, Qwen2Config
 
 OFFICIAL_QWEN_PREFIX = "llm.model.model."
 OFFICIAL_LM_HEAD = "llm.model.lm_head.weight"
@@ -147,7 +147,7 @@ class CosyVoice3LM(nn.Module):
         super().__init__()
         self.config = config
         self.llm = Qwen2(config.qwen)
-        self.llm_decoder = nn.Linear(config.qwen.hidden_size, config.vocab_out, bias=config.decoder_bias)
+        self.llm_decoder = Linear(config.qwen.hidden_size, config.vocab_out, bias=config.decoder_bias)
         self.speech_embedding = nn.Embedding(config.vocab_out, config.qwen.hidden_size)
 
     # ---- checkpoint layout -------------------------------------------------------------------------------------
