@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import typer
@@ -48,6 +49,30 @@ def _fail(error: VoiceCloneError) -> typer.Exit:
     else:
         typer.echo(f"error: {error}", err=True)
     return typer.Exit(error.exit_code)
+
+
+def _settings_file(ctx: typer.Context, value: Path | None) -> Path | None:
+    """Load a TOML file of flag defaults (e.g. `configs/cpu.toml`); flags given on the command line still win."""
+    if value is None:
+        return None
+    try:
+        table = tomllib.loads(value.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise _fail(UsageError(f"{value}: cannot read settings: {e}")) from None
+    flags = {opt.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for opt in p.opts if opt[:2] == "--"}
+    defaults = {}
+    for key, setting in table.items():
+        name = flags.get(key.replace("-", "_"))
+        if name is None or name == "config":
+            raise _fail(UsageError(f"{value}: unknown setting {key!r} for `{ctx.command.name}`"))
+        defaults[name] = setting
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+CONFIG_OPTION = typer.Option(
+    None, "--config", callback=_settings_file, is_eager=True, help="TOML file of flag defaults (see configs/)."
+)
 
 
 def _format_option(value: str | None) -> str | None:
@@ -171,6 +196,7 @@ def synth(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the networks (falls back to eager)."),
     llm_file: str = typer.Option("llm.pt", help="LLM weights file in an official folder, e.g. llm.rl.pt."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Clone the prompt voice for every manifest row into OUT/<id>.wav, with reports."""
     from voiceclone.manifest import load_manifest
@@ -263,6 +289,7 @@ def check_durations(
     json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     junit: Path | None = typer.Option(None, help="Write JUnit XML to this file."),
     quiet: bool = typer.Option(False, "--quiet", help="No table; only the summary line."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Check every expected wav in OUT (present, readable, rate, silence, clipping, duration); exit 0 if all pass."""
     from rich.console import Console
