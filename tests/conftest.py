@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from voiceclone.checkpoint import ModelConfig, read_config
+
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "parity"
 V3 = PARITY / "cosyvoice3-tiny"
@@ -22,3 +24,9 @@ def v3_model_dir() -> Path:
 def v3_cases() -> Path:
     """The reference outputs for the CosyVoice3 tiny model."""
     return V3 / "cases"
+
+
+@pytest.fixture(scope="session")
+def v3_config(v3_model_dir: Path) -> ModelConfig:
+    """The tiny model's configuration, read by the real loader (every dimension from its files)."""
+    return read_config(v3_model_dir)

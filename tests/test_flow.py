@@ -11,16 +11,10 @@ from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from voiceclone.checkpoint import read_config
 from voiceclone.errors import ModelError
-from voiceclone.models.flow import Flow, FlowConfig
+from voiceclone.models.flow import Flow
 
 E2E_CASES = ["prompt_en_seed1234", "prompt_en_seed4321", "prompt_zh_seed1234", "prompt_zh_seed4321"]
-
-
-def flow_config(model_dir: Path) -> FlowConfig:
-    """The flow settings as the real loader reads them from the model directory."""
-    return read_config(model_dir).flow
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +23,8 @@ def flow_sd(v3_model_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def flow(v3_model_dir, flow_sd) -> Flow:
-    model = Flow(flow_config(v3_model_dir)).eval()
+def flow(v3_config, flow_sd) -> Flow:
+    model = Flow(v3_config.flow).eval()
     model.load_official_state_dict(flow_sd)
     return model
 
@@ -64,8 +58,8 @@ def test_every_e2e_case_is_covered(v3_cases):
     assert sorted(p.stem.removeprefix("e2e_") for p in v3_cases.glob("e2e_*.safetensors")) == E2E_CASES
 
 
-def test_config_read_from_yaml(v3_model_dir):
-    config = flow_config(v3_model_dir)
+def test_config_read_from_yaml(v3_config):
+    config = v3_config.flow
     assert (config.dit.dim, config.dit.depth, config.dit.heads, config.dit.dim_head) == (64, 2, 4, 16)
     assert config.pre_lookahead_channels == 64 and config.dit.static_chunk_size == 50
 
@@ -83,8 +77,8 @@ def test_official_state_dict_round_trip(flow, flow_sd):
     assert all(torch.equal(official[k], flow_sd[k]) for k in flow_sd)
 
 
-def test_load_rejects_bad_keys(v3_model_dir, flow_sd):
-    model = Flow(flow_config(v3_model_dir))
+def test_load_rejects_bad_keys(v3_config, flow_sd):
+    model = Flow(v3_config.flow)
     missing = dict(flow_sd)
     del missing["decoder.estimator.rotary_embed.inv_freq"]
     with pytest.raises(ModelError, match="missing key 'decoder.estimator.rotary_embed.inv_freq'"):
@@ -134,8 +128,8 @@ def test_batch_rows_equal_their_batch_one_result(flow, v3_cases, streaming):
         assert (batched[i] - alone).abs().max().item() < 1e-5
 
 
-def test_bfloat16_weights_keep_float32_positions_and_output(v3_model_dir, flow_sd, case):
-    model = Flow(flow_config(v3_model_dir)).eval()
+def test_bfloat16_weights_keep_float32_positions_and_output(v3_config, flow_sd, case):
+    model = Flow(v3_config.flow).eval()
     model.load_official_state_dict(flow_sd)
     model.to(torch.bfloat16)
     assert model.estimator.rotary_embed.inv_freq.dtype == torch.float32

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from voiceclone.checkpoint import read_config
 from voiceclone.errors import ModelError
 from voiceclone.models.hift import HiFT, HiFTConfig, SineNoiseTable, draw_construction_tables
 
@@ -17,8 +16,8 @@ E2E_CASES = ["e2e_prompt_en_seed1234", "e2e_prompt_en_seed4321", "e2e_prompt_zh_
 
 
 @pytest.fixture(scope="module")
-def config(v3_model_dir: Path) -> HiFTConfig:
-    return read_config(v3_model_dir).hift
+def config(v3_config) -> HiFTConfig:
+    return v3_config.hift
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from voiceclone.checkpoint import read_config
 from voiceclone.errors import ModelError
 from voiceclone.models.lm import (
     CosyVoice3LM,
@@ -26,19 +25,14 @@ from voiceclone.models.qwen2 import Qwen2Config
 LOGITS_TOL = 1e-4
 
 
-def lm_config(model_dir: Path) -> LMConfig:
-    """Every dimension from the model directory, as the real loader reads it."""
-    return read_config(model_dir).lm
-
-
 @pytest.fixture(scope="module")
 def official_sd(v3_model_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(v3_model_dir / "llm.pt", weights_only=True, mmap=True)
 
 
 @pytest.fixture(scope="module")
-def lm(v3_model_dir: Path, official_sd) -> CosyVoice3LM:
-    model = CosyVoice3LM(lm_config(v3_model_dir)).eval()
+def lm(v3_config, official_sd) -> CosyVoice3LM:
+    model = CosyVoice3LM(v3_config.lm).eval()
     model.load_official_state_dict(official_sd)
     return model
 
