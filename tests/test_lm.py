@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
+from voiceclone.models import qwen2
 from voiceclone.models.lm import (
     CosyVoice3LM,
     LMConfig,
@@ -216,6 +217,18 @@ def test_bfloat16_weights_keep_float32_sampling(lm, case):
     (result,) = model.generate([request], batch_size=1)
     assert 4 <= len(result.tokens) <= 40
     assert all(0 <= t < lm.config.speech_token_size for t in result.tokens)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_cpu_linear_equals_plain_linear_and_skips_bf16_without_native_support(monkeypatch, dtype):
+    monkeypatch.setattr(qwen2, "cpu_has_native_bf16", lambda: False)
+    layer = qwen2.Linear(64, 48).to(dtype).eval()
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.inference_mode():
+        out = layer(x)
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert (layer._packed is None) is (dtype == torch.bfloat16)  # fp32 packs; bf16 without native support does not
 
 
 def test_qwen2_05b_preset_matches_released_key_shapes():

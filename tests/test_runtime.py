@@ -77,3 +77,12 @@ def test_threads_and_peak_memory():
     assert runtime.set_cpu_threads(None) == before
     assert runtime.peak_memory_bytes(torch.device("cpu")) > 10 * 2**20
     assert runtime.is_out_of_memory(torch.OutOfMemoryError("x")) and not runtime.is_out_of_memory(RuntimeError("x"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bfloat16_warns_only_without_native_support(monkeypatch, capsys, native):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    assert runtime.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert ("no native bfloat16 instructions" in capsys.readouterr().err) is not native
+    runtime.resolve_dtype("float32", torch.device("cpu"))
+    assert capsys.readouterr().err == ""

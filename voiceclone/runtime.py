@@ -3,6 +3,8 @@
 Rules: `--device auto` is the first CUDA device when one is usable, else the CPU. `--dtype auto` is bfloat16 on a CUDA
 device that supports it, float32 elsewhere (CPU, or a CUDA device without bfloat16). float16 needs CUDA: half
 precision on the CPU is slower than float32 and the reference never runs it there, so it is refused with one line.
+bfloat16 on a CPU without native bfloat16 instructions (AVX-512 BF16 family, AMX, AVX-NE-CONVERT) runs, emulated and
+far slower than float32, with one warning line.
 """
 
 from __future__ import annotations
@@ -62,7 +64,22 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UsageError("--dtype float16 needs a CUDA device; on the CPU use bfloat16 or float32")
     if name == "bfloat16" and on_cuda and not bf16_ok:
         raise DeviceError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+    if name == "bfloat16" and device.type == "cpu" and not cpu_has_native_bf16():
+        print(
+            "warning: --dtype bfloat16: this CPU has no native bfloat16 instructions; matmuls are emulated and run "
+            "many times slower than float32",
+            file=sys.stderr,
+        )
     return DTYPES[name]
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bfloat16 kernels on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); else ATen emulates."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_runtime(

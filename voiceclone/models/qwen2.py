@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from voiceclone.attention import attention
 from voiceclone.errors import ModelError
+from voiceclone.runtime import cpu_has_native_bf16
 
 
 @dataclass
@@ -102,7 +103,8 @@ class Linear(nn.Linear):
 
     On the 2-core benchmark machine MKL's matrix-vector path reads the weights at ~19 GB/s; the packed oneDNN kernel
     halves the 0.5B decode step at batch 1 and cuts it ~2.5x at batch 16 (see benchmarks/README.md). The packed copy
-    is made on first use and rebuilt whenever the weight tensor changes (device, dtype, load).
+    is made on first use and rebuilt whenever the weight tensor changes (device, dtype, load). oneDNN has bfloat16
+    kernels only on CPUs with native bfloat16 support; elsewhere bfloat16 takes the plain path.
     """
 
     _packed: tuple[tuple, Tensor] | None = None
@@ -121,6 +123,7 @@ class Linear(nn.Linear):
         return (
             x.device.type == "cpu"
             and x.dtype == self.weight.dtype in (torch.float32, torch.bfloat16)
+            and (x.dtype == torch.float32 or cpu_has_native_bf16())
             and not (torch.is_grad_enabled() and self.weight.requires_grad)
             and not torch.compiler.is_compiling()
             and torch.backends.mkldnn.is_available()
