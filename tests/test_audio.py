@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio.compliance.kaldi as kaldi
 from safetensors.torch import load_file
 
 from voiceclone.audio import (
@@ -24,6 +25,11 @@ from voiceclone.audio import (
 )
 
 TOL = 1e-4
+# Fbank bins this far below 0 (power < 2.3e-6, near Kaldi's floor log(float32 eps) = -15.9) keep only a few float32
+# digits: the reference's own float32 error there is 4e-4 against float64, and an AVX2 CPU rounds them 1.8e-4 away
+# from the AVX-512 machine that made the fixtures. Every other bin stays within TOL.
+FBANK_QUIET_LOG_ENERGY = -13.0
+FBANK_QUIET_TOL = 1e-3
 
 
 @pytest.fixture(scope="module", params=["en", "zh"])
@@ -44,7 +50,12 @@ def test_features_match_reference(prompt_case):
     assert _max_err(wav16, ref["wav_16k"]) <= TOL
     assert _max_err(wav24, ref["wav_24k"]) <= TOL
     assert _max_err(whisper_log_mel(wav16, n_mels=128), ref["whisper_log_mel_128"]) <= TOL
-    assert _max_err(kaldi_fbank_cmn(wav16), ref["fbank_80_cmn"]) <= TOL
+    fbank = kaldi_fbank_cmn(wav16)
+    assert fbank.shape == ref["fbank_80_cmn"].shape
+    fbank_err = (fbank - ref["fbank_80_cmn"]).abs()
+    quiet = kaldi.fbank(wav16.reshape(1, -1), num_mel_bins=80, dither=0.0) < FBANK_QUIET_LOG_ENERGY
+    assert fbank_err[~quiet].max() <= TOL
+    assert fbank_err[quiet].max() <= FBANK_QUIET_TOL
     mel = matcha_mel(wav24, MelConfig())
     assert _max_err(mel.transpose(1, 2), ref["prompt_speech_feat_untrimmed"]) <= TOL
 
