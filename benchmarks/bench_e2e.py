@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from floors import machine, results_tag
 
 from voiceclone import runtime
 from voiceclone.checkpoint import load_model
@@ -108,7 +109,7 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
     device = runtime.resolve_device(args.device)
-    out = Path(args.out or HERE / "results" / f"e2e-{Path(args.model).name}-{device.type}.json")
+    out = Path(args.out or HERE / "results" / f"e2e-{Path(args.model).name}-{results_tag(device)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     runs = []
@@ -147,7 +148,8 @@ def main() -> None:
     for r in runs:
         r.pop("wav_file")
         r.pop("speech_tokens")
-    meta = {"model": args.model, "device": str(device), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {"model": args.model, "device": str(device), **machine(device)}
+    meta["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
     out.write_text(json.dumps({**meta, "runs": runs, "summary": summary}, indent=1) + "\n")
     print(f"wrote {out}")

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
-from floors import best_seconds, matmul_flops, memory_bandwidth
+from floors import best_seconds, machine, matmul_flops, memory_bandwidth, results_tag
 from torch.utils.flop_counter import FlopCounterMode
 
 from voiceclone import runtime, text
@@ -166,13 +165,11 @@ def main() -> None:
         results.append(run(args, dtype_name))
         print_summary(results[-1])
     device = runtime.resolve_device(args.device)
-    out = Path(args.out or HERE / "results" / f"stages-{Path(args.model).name}-{device.type}.json")
+    out = Path(args.out or HERE / "results" / f"stages-{Path(args.model).name}-{results_tag(device)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": str(args.model), "device": str(device), "threads": threads, "cpu": platform.processor()}
+    meta = {"model": str(args.model), "device": str(device), "threads": threads, **machine(device)}
     meta["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
     meta["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
     out.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
     print(f"wrote {out}")
 

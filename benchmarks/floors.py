@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from voiceclone.runtime import cpu_has_native_bf16
+
 
 def sync(device: torch.device) -> None:
     """Wait for queued device work (a no-op on the CPU)."""
@@ -50,6 +52,18 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, m: int = 2048, k: int
     return 2 * m * k * n / seconds
 
 
+def machine(device: torch.device) -> dict:
+    """What the numbers depend on: the GPU's name, or the CPU's vector ISA and whether it has native bfloat16."""
+    if device.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(device)}
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
+
+
+def results_tag(device: torch.device) -> str:
+    """The device part of a results file name: `cuda`, or `cpu-avx2` / `cpu-avx512` (the numbers differ by ISA)."""
+    return device.type if device.type != "cpu" else f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -61,6 +75,7 @@ def main() -> None:
         "device": str(device),
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
+        **machine(device),
         "memory_bandwidth_GBps": memory_bandwidth(device) / 1e9,
         "matmul_GFLOPps": matmul_flops(device, dtype) / 1e9,
     }

@@ -1,6 +1,6 @@
 """Print the markdown tables of benchmarks/README.md from the JSON files in benchmarks/results/.
 
-python benchmarks/table.py benchmarks/results/*-cosyvoice3-full-cpu.json
+python benchmarks/table.py benchmarks/results/*-cosyvoice3-full-cpu-avx2.json
 """
 
 from __future__ import annotations
@@ -10,6 +10,15 @@ import json
 from pathlib import Path
 
 
+def _where(data: dict, *more: str) -> str:
+    """The device with what its numbers depend on: the GPU's name, or the CPU's ISA and bfloat16 support."""
+    if "gpu" in data:
+        details = [data["gpu"]]
+    else:
+        details = [data["cpu_capability"], "native bf16" if data["native_bf16"] else "no native bf16"]
+    return f"{data['device']} ({', '.join([*details, *more])})"
+
+
 def _load(data: dict) -> str:
     before, after = data["loadavg_1min_before_after"]
     return f"load average before/after {before:.1f}/{after:.1f}"
@@ -17,7 +26,7 @@ def _load(data: dict) -> str:
 
 def stages_table(data: dict) -> list[str]:
     lines = [
-        f"Per stage: `{Path(data['model']).name}` on {data['device']} ({data['threads']} threads), {data['utc']}, "
+        f"Per stage: `{Path(data['model']).name}` on {_where(data, str(data['threads']) + ' threads')}, {data['utc']}, "
         + _load(data),
         "",
         "| dtype | decode b1 tok/s | b4 tok/s | b16 tok/s | b16 / b1 | b1 step ms | bandwidth floor ms | step / floor "
@@ -41,7 +50,7 @@ def stages_table(data: dict) -> list[str]:
 
 def e2e_table(data: dict) -> list[str]:
     lines = [
-        f"End to end: `{Path(data['model']).name}` on {data['device']}, 16 rows, {data['utc']}, " + _load(data),
+        f"End to end: `{Path(data['model']).name}` on {_where(data)}, 16 rows, {data['utc']}, " + _load(data),
         "",
         "| dtype | batch | wall s | audio s | RTF | LLM s | flow s | vocoder s | peak memory MB |",
         "|---|---|---|---|---|---|---|---|---|",
