@@ -3,8 +3,8 @@
 Rules: `--device auto` is the first CUDA device when one is usable, else the CPU. `--dtype auto` is bfloat16 on a CUDA
 device that supports it, float32 elsewhere (CPU, or a CUDA device without bfloat16). float16 needs CUDA: half
 precision on the CPU is slower than float32 and the reference never runs it there, so it is refused with one line.
-bfloat16 on a CPU without native bfloat16 instructions (AVX-512 BF16 family, AMX, AVX-NE-CONVERT) runs, emulated and
-far slower than float32, with one warning line.
+bfloat16 on a CPU where oneDNN has no bfloat16 kernels (neither AVX-512 nor AVX-NE-CONVERT, e.g. AVX2-only) runs,
+emulated by ATen and far slower than float32, with one warning line.
 """
 
 from __future__ import annotations
