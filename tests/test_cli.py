@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from voiceclone import __version__
 from voiceclone.cli import app
+from voiceclone.files import temp_name_for
 from voiceclone.seeds import row_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,8 +264,9 @@ def test_resume_redoes_a_damaged_or_missing_wav(tmp_path: Path, fake_model):
     assert invoke("synth", manifest, "--model", "m", "--out", out).exit_code == 0
     (out / "a.wav").write_bytes((out / "a.wav").read_bytes()[:500])
     (out / "b.wav").unlink()
-    (out / ".c.wav.x1y2.tmp").write_bytes(b"left by a killed run")
+    left = temp_name_for(out / "c.wav")
+    left.write_bytes(b"left by a killed run")
     FakeEngine.requests = []
     assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume").exit_code == 0
     assert [r.id for r in FakeEngine.requests] == ["a", "b"]
-    assert sf.info(out / "a.wav").frames == 12000 and not (out / ".c.wav.x1y2.tmp").exists()
+    assert sf.info(out / "a.wav").frames == 12000 and not left.exists()

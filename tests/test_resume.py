@@ -15,6 +15,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from voiceclone.cli import app
+from voiceclone.files import is_temp_name
 from voiceclone.report import JOURNAL, read_report_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def files_state(out: Path, ids) -> dict[str, tuple[int, bytes]]:
 
 
 def temp_files(out: Path) -> list[str]:
-    return [name for name in os.listdir(out) if ".tmp" in name]
+    return [name for name in os.listdir(out) if is_temp_name(name)]
 
 
 def test_sigkill_partway_then_resume(tmp_path: Path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torchaudio.compliance.kaldi as kaldi
 import torchaudio.transforms
 
 from voiceclone.errors import UsageError
+from voiceclone.files import atomic_write
 
 MIN_SAMPLE_RATE = 16000
 SILENCE_DBFS = -50.0  # a 10 ms window whose RMS is below this level counts as silence
@@ -163,7 +162,7 @@ def matcha_mel(wav: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sr: int, fmt: str = "pcm16") -> None:
-    """Write `(N,)` or `(channels, N)` audio atomically: a temp file in the same folder, fsync, then rename.
+    """Write `(N,)` or `(channels, N)` audio atomically (`files.atomic_write`: temp file, fsync, rename).
 
     `fmt="pcm16"` clips to [-1, 1] and stores round(x * 32767); `fmt="float"` stores float32 as is.
     """
@@ -174,17 +173,7 @@ def write_wav(path: str | Path, wav: np.ndarray, sr: int, fmt: str = "pcm16") ->
     frames = frames.T if frames.ndim == 2 else frames
     if fmt == "pcm16":
         frames = np.round(np.clip(frames, -1.0, 1.0) * 32767.0).astype(np.int16)
-    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for a plain open
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, frames, sr, format="WAV", subtype=WAV_SUBTYPES[fmt])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: sf.write(handle, frames, sr, format="WAV", subtype=WAV_SUBTYPES[fmt]))
 
 
 def _silent_windows(mono: np.ndarray, window: int) -> np.ndarray:

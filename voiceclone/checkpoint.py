@@ -103,70 +103,120 @@ _BINOPS = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
+MAX_YAML_BYTES = 1 << 20  # a real model yaml is ~10 KB
+MAX_NUMBER = 2**63  # every arithmetic operand and result stays within this magnitude
+MAX_EXPONENT = 64
+MAX_DEPTH = 64  # nesting of lists, mappings and calls
+MAX_EXPANSION = 200_000  # values and string characters produced while resolving (aliases and !ref included)
+
+
+class _Budget:
+    """Bounds the work of resolving one yaml file, so aliases or !ref chains cannot expand exponentially."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def spend(self, amount: int, depth: int) -> None:
+        self.used += amount
+        if self.used > MAX_EXPANSION:
+            raise ValueError(f"expands to more than {MAX_EXPANSION} values (alias or !ref bomb?)")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+
+
+def _bounded(value: int | float) -> int | float:
+    if isinstance(value, complex) or not abs(value) <= MAX_NUMBER:  # also refuses nan
+        raise ValueError(f"arithmetic result {str(value)[:40]} is out of range")
+    return value
 
 
 def _arithmetic(node: ast.AST) -> int | float:
-    """Evaluate a parsed expression made only of numbers and + - * / // % **."""
+    """Evaluate a parsed expression made only of numbers and + - * / // % **, every value bounded by MAX_NUMBER."""
     if isinstance(node, ast.Expression):
         return _arithmetic(node.body)
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _BINOPS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+        left, right = _arithmetic(node.left), _arithmetic(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+            raise ValueError(f"exponent {right} is larger than {MAX_EXPONENT}")
+        try:
+            return _bounded(_BINOPS[type(node.op)](left, right))
+        except (ZeroDivisionError, OverflowError) as exc:
+            raise ValueError(str(exc)) from None
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         value = _arithmetic(node.operand)
         return -value if isinstance(node.op, ast.USub) else value
     raise ValueError("not arithmetic")
 
 
-def _lookup(top: dict, key: str, resolving: set[str]) -> Any:
+def _lookup(top: dict, key: str, resolving: set[str], budget: _Budget, depth: int) -> Any:
     """The value of a top-level key (dotted paths reach into mappings and call arguments)."""
     head, *rest = key.split(".")
     if head not in top:
         raise ValueError(f"!ref <{key}> names no top-level key")
     if head in resolving:
         raise ValueError(f"circular !ref <{key}>")
-    value = _resolve(top[head], top, resolving | {head})
+    value = _resolve(top[head], top, resolving | {head}, budget, depth + 1)
     for part in rest:
-        value = value.kwargs[part] if isinstance(value, YamlCall) else value[part]
+        values = value.kwargs if isinstance(value, YamlCall) else value
+        if not isinstance(values, dict) or part not in values:
+            raise ValueError(f"!ref <{key}>: `{part}` is not a key of a mapping there")
+        value = values[part]
     return value
 
 
-def _resolve_ref(expr: str, top: dict, resolving: set[str]) -> Any:
+def _resolve_ref(expr: str, top: dict, resolving: set[str], budget: _Budget, depth: int) -> Any:
     names = _REF.findall(expr)
     if len(names) == 1 and expr.strip() == f"<{names[0]}>":
-        return _lookup(top, names[0], resolving)
-    text = _REF.sub(lambda m: repr(_lookup(top, m.group(1), resolving)), expr)
+        return _lookup(top, names[0], resolving, budget, depth)
+    values = {name: _lookup(top, name, resolving, budget, depth) for name in names}
+    text = _REF.sub(lambda m: repr(values[m.group(1)]), expr)
+    budget.spend(len(text), depth)
     try:
         return _arithmetic(ast.parse(text, mode="eval"))
-    except (SyntaxError, ValueError):
-        return _REF.sub(lambda m: str(_lookup(top, m.group(1), resolving)), expr)
+    except (SyntaxError, RecursionError, MemoryError):
+        pass
+    except ValueError as exc:
+        if str(exc) != "not arithmetic":
+            raise ValueError(f"!ref {expr!r}: {exc}") from None
+    return _REF.sub(lambda m: str(values[m.group(1)]), expr)
 
 
-def _resolve(value: Any, top: dict, resolving: set[str] = frozenset()) -> Any:
+def _resolve(value: Any, top: dict, resolving: set[str], budget: _Budget, depth: int = 0) -> Any:
+    budget.spend(len(value) if isinstance(value, str) else 1, depth)
     if isinstance(value, _Ref):
-        return _resolve_ref(value.expr, top, resolving)
+        return _resolve_ref(value.expr, top, resolving, budget, depth)
     if isinstance(value, YamlCall):
         return YamlCall(
             value.kind,
             value.target,
-            [_resolve(v, top, resolving) for v in value.args],
-            {k: _resolve(v, top, resolving) for k, v in value.kwargs.items()},
+            [_resolve(v, top, resolving, budget, depth + 1) for v in value.args],
+            {k: _resolve(v, top, resolving, budget, depth + 1) for k, v in value.kwargs.items()},
         )
     if isinstance(value, dict):
-        return {k: _resolve(v, top, resolving) for k, v in value.items()}
+        return {k: _resolve(v, top, resolving, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_resolve(v, top, resolving) for v in value)
+        return type(value)(_resolve(v, top, resolving, budget, depth + 1) for v in value)
     return value
 
 
 def read_hyperpyyaml(text: str, overrides: dict | None = None) -> dict:
-    """Parse HyperPyYAML text into plain data: calls become `YamlCall`, `!ref` values are resolved."""
-    top = yaml.load(text, Loader=_SafeHyperLoader) or {}
+    """Parse HyperPyYAML text into plain data: calls become `YamlCall`, `!ref` values are resolved.
+
+    Hostile files are refused with ValueError: over MAX_YAML_BYTES, nested deeper than MAX_DEPTH, expanding (through
+    aliases or !ref) to more than MAX_EXPANSION values, or arithmetic beyond MAX_NUMBER."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"larger than {MAX_YAML_BYTES} bytes")
+    try:
+        top = yaml.load(text, Loader=_SafeHyperLoader) or {}
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(top, dict):
         raise ValueError("the top level is not a mapping")
     top.update(overrides or {})
-    return {key: _resolve(value, top, {key}) for key, value in top.items()}
+    budget = _Budget()
+    return {key: _resolve(value, top, {key}, budget) for key, value in top.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,6 +284,8 @@ def family_of(model_dir: Path) -> str:
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(f"{path}: missing")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ModelError(f"{path}: unreadable HyperPyYAML (larger than {MAX_YAML_BYTES} bytes)")
     try:
         return read_hyperpyyaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, ValueError, KeyError, UnicodeDecodeError) as exc:

@@ -295,7 +295,7 @@ def check_durations(
     from rich.console import Console
 
     from voiceclone import durations
-    from voiceclone.report import atomic_write_text
+    from voiceclone.files import atomic_write_text
 
     if rel_tol < 0 or abs_tol < 0:
         raise _fail(UsageError("--rel-tol and --abs-tol must not be negative"))

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from voiceclone.files import atomic_write_bytes, atomic_write_text, open_nofollow, read_bytes_nofollow
+
 REPORT_JSONL = "report.jsonl"
 REPORT_CSV = "report.csv"
 SUMMARY_JSON = "summary.json"
@@ -62,26 +64,6 @@ class ReportRow:
 REPORT_FIELDS = tuple(f.name for f in fields(ReportRow))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temporary name in the same folder, fsync, and rename it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def report_jsonl_text(rows: Iterable[ReportRow]) -> str:
     """Strict JSONL: one object per line, nothing else."""
     return "".join(json.dumps(row.to_dict(), ensure_ascii=False) + "\n" for row in rows)
@@ -115,20 +97,19 @@ def write_summary(out_dir: str | Path, summary: dict) -> None:
 
 
 def read_report_rows(path: str | Path) -> dict[str, ReportRow]:
-    """Rows of a report or journal JSONL file by id (a later line wins); lines that do not parse are skipped."""
+    """Rows of a report or journal JSONL file by id (a later line wins); lines that do not parse are skipped.
+
+    A symbolic link at `path` is refused (UsageError), never followed."""
     rows: dict[str, ReportRow] = {}
-    try:
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # an unfinished last line (the writer was killed): ignore it
-                try:
-                    row = ReportRow.from_dict(json.loads(raw))
-                except (ValueError, TypeError, RecursionError):
-                    continue
-                rows[row.id] = row
-    except FileNotFoundError:
-        pass
+    data = read_bytes_nofollow(Path(path)) or b""
+    for raw in data.splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            break  # an unfinished last line (the writer was killed): ignore it
+        try:
+            row = ReportRow.from_dict(json.loads(raw))
+        except (ValueError, TypeError, RecursionError):
+            continue
+        rows[row.id] = row
     return rows
 
 
@@ -142,14 +123,13 @@ class Journal:
         self.path = Path(path)
         self.fsync_every_s = fsync_every_s
         self._repair()
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the whole run, closed by close()
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self._file = os.fdopen(fd, "ab")  # held open for the whole run, closed by close()
         self._synced = time.monotonic()
 
     def _repair(self) -> None:
         """Cut an unfinished last line left by a killed run."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
+        data = read_bytes_nofollow(self.path)
         if data and not data.endswith(b"\n"):
             atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
 

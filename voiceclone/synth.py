@@ -9,6 +9,7 @@ whose wav is intact and whose fingerprint (prompt bytes, texts, seed, model id, 
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from voiceclone import __version__, audio
 from voiceclone.errors import UsageError
+from voiceclone.files import is_temp_name
 from voiceclone.manifest import Row
 from voiceclone.report import (
     JOURNAL,
@@ -95,14 +97,17 @@ def existing_outputs(out: Path, rows: list[Row]) -> list[str]:
     """Names of files in `out` this run would overwrite."""
     if not out.is_dir():
         return []
-    names = [name for name in RUN_FILES if (out / name).exists()]
-    return names + [f"{row.id}.wav" for row in rows if (out / f"{row.id}.wav").exists()]
+    names = [name for name in RUN_FILES if os.path.lexists(out / name)]
+    return names + [f"{row.id}.wav" for row in rows if os.path.lexists(out / f"{row.id}.wav")]
 
 
 def refuse_existing(out: Path, rows: list[Row], resume: bool, force: bool) -> None:
     """UsageError when `out` is not a folder, or holds this manifest's outputs and neither --resume nor --force."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    for name in RUN_FILES:
+        if (out / name).is_symlink():
+            raise UsageError(f"{out / name}: is a symbolic link; voiceclone never writes through links (remove it)")
     found = existing_outputs(out, rows)
     if found and not (resume or force):
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
@@ -120,9 +125,9 @@ def prepare_out_dir(out: Path, rows: list[Row], resume: bool, force: bool) -> No
 
 
 def remove_temp_files(out: Path) -> None:
-    """Delete temp files a killed run left behind (`.<name>.*.tmp` wavs, `.<name>.tmp-<pid>` reports)."""
+    """Delete temp files a killed run of this tool left behind (only names `files.is_temp_name` recognises)."""
     for path in out.glob(".*"):
-        if path.is_file() and (path.name.endswith(".tmp") or ".tmp-" in path.name):
+        if is_temp_name(path.name) and not path.is_dir():
             path.unlink(missing_ok=True)
 
 
@@ -132,7 +137,9 @@ def output_settings(opts: SynthOptions, dtype: str) -> dict:
 
 
 def wav_intact(path: Path, entry: ReportRow) -> bool:
-    """The wav decodes its header and has the rate and length the report recorded."""
+    """The wav is a regular file (not a link), decodes its header and has the rate and length the report recorded."""
+    if not path.is_file() or path.is_symlink():
+        return False
     try:
         info = audio.audio_info(path)
     except Exception:

@@ -1,0 +1,160 @@
+"""Hostile files and faults: nothing is written outside --out, no link is followed, hostile yaml is refused fast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from voiceclone.checkpoint import read_hyperpyyaml
+from voiceclone.cli import app
+from voiceclone.files import atomic_write_text, is_temp_name, temp_name_for
+from voiceclone.report import JOURNAL, REPORT_JSONL
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished two-row demo run: (manifest, out)."""
+    folder = tmp_path_factory.mktemp("run")
+    manifest = folder / "m.csv"
+    prompt = EXAMPLES / "prompts" / "stella_16k.wav"
+    manifest.write_text(
+        f"id,prompt_audio,prompt_text,target_text\nr1,{prompt},Hello there.,Good day.\n"
+        f"r2,{prompt},Hello there.,Good night.\n"
+    )
+    out = folder / "o"
+    result = invoke("synth", manifest, "--model", "demo", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    return manifest, out
+
+
+@pytest.mark.parametrize("planted", [JOURNAL, REPORT_JSONL])
+@pytest.mark.parametrize("dangling", [False, True])
+def test_resume_never_writes_through_a_planted_link(tmp_path: Path, finished_run, planted: str, dangling: bool):
+    manifest, done = finished_run
+    out = tmp_path / "o"
+    shutil.copytree(done, out)
+    (out / "r1.wav").unlink()
+    victim = tmp_path / "victim"
+    if not dangling:
+        victim.write_text("precious\n")
+    (out / planted).unlink(missing_ok=True)
+    os.symlink(victim, out / planted)
+    result = invoke("synth", manifest, "--model", "demo", "--out", out, "--resume", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert lines(result) == [
+        f"error: {out / planted}: is a symbolic link; voiceclone never writes through links (remove it)"
+    ]
+    assert victim.read_text() == "precious\n" if not dangling else not victim.exists()
+    assert not (out / "r1.wav").exists()
+
+
+def test_journal_refuses_a_link_even_when_opened_directly(tmp_path: Path):
+    from voiceclone.errors import UsageError
+    from voiceclone.report import Journal, read_report_rows
+
+    victim = tmp_path / "victim"
+    os.symlink(victim, tmp_path / JOURNAL)
+    with pytest.raises(UsageError, match="symbolic link"):
+        Journal(tmp_path / JOURNAL)
+    with pytest.raises(UsageError, match="symbolic link"):
+        read_report_rows(tmp_path / JOURNAL)
+    assert not victim.exists()
+
+
+def test_atomic_write_replaces_a_link_not_its_target(tmp_path: Path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, tmp_path / "report.csv")
+    atomic_write_text(tmp_path / "report.csv", "new\n")
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "report.csv").is_symlink() and (tmp_path / "report.csv").read_text() == "new\n"
+
+
+def test_temp_names_are_unguessable_and_only_ours_are_cleaned(tmp_path: Path, finished_run):
+    first, second = temp_name_for(tmp_path / "a.wav"), temp_name_for(tmp_path / "a.wav")
+    assert first != second and is_temp_name(first.name) and is_temp_name(second.name)
+    assert not is_temp_name(".mynotes.tmp") and not is_temp_name(".a.wav.1234.tmp")
+    manifest, done = finished_run
+    out = tmp_path / "o"
+    shutil.copytree(done, out)
+    (out / ".mynotes.tmp").write_text("mine\n")
+    left = temp_name_for(out / "r1.wav")
+    left.write_bytes(b"left by a killed run")
+    result = invoke("synth", manifest, "--model", "demo", "--out", out, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / ".mynotes.tmp").read_text() == "mine\n" and not left.exists()
+
+
+def _alias_bomb(levels: int = 10, width: int = 10) -> str:
+    text = "a0: &a0 [" + ",".join(["1"] * width) + "]\n"
+    for i in range(1, levels):
+        text += f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * width) + "]\n"
+    return text
+
+
+def _ref_bomb(levels: int = 10, width: int = 10) -> str:
+    text = "a0: 1\n"
+    for i in range(1, levels):
+        text += f"a{i}: [" + ",".join([f"!ref <a{i - 1}>"] * width) + "]\n"
+    return text
+
+
+def _chain(op: str, base: str, levels: int = 40) -> str:
+    text = f"k0: {base}\n"
+    for i in range(1, levels):
+        text += f"k{i}: !ref <k{i - 1}>{op}<k{i - 1}>\n"
+    return text
+
+
+HOSTILE_YAML = {
+    "alias bomb": (_alias_bomb(), "expands to more than"),
+    "!ref bomb": (_ref_bomb(), "expands to more than"),
+    "power tower": ("a: 10\nb: !ref <a> ** <a> ** <a> ** 2\n", "exponent 100 is larger than 64"),
+    "squaring chain": (_chain(" * ", "10"), "out of range"),
+    "string doubling": (_chain("/", "ab"), "expands to more than"),
+    "deep nesting": ("x: " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    "ref into a list": ("a: [1]\nb: !ref <a.key>\n", "not a key of a mapping"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_YAML)
+def test_hostile_yaml_is_refused_quickly(name: str):
+    text, message = HOSTILE_YAML[name]
+    assert len(text.encode()) < 12_000
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        read_hyperpyyaml(text)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("name", ["alias bomb", "power tower", "string doubling"])
+def test_hostile_model_yaml_exits_3_with_one_line(tmp_path: Path, v3_model_dir: Path, name: str):
+    model = tmp_path / "model"
+    shutil.copytree(v3_model_dir, model)
+    yaml_path = model / "cosyvoice3.yaml"
+    yaml_path.chmod(0o644)
+    yaml_path.write_text(yaml_path.read_text() + HOSTILE_YAML[name][0])
+    for args in (("inspect", model), ("synth", EXAMPLES / "manifest.csv", "--model", model, "--out", tmp_path / "o")):
+        result = invoke(*args)
+        problems = lines(result)
+        if args[0] == "inspect":
+            assert result.exit_code == 0 and "unreadable HyperPyYAML" in result.output
+        else:
+            assert result.exit_code == 3, result.output
+            assert len(problems) == 1 and problems[0].startswith(f"error: {yaml_path}: unreadable HyperPyYAML")

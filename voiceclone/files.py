@@ -1,0 +1,80 @@
+"""Safe file writing in output folders: atomic replace, no symlink ever followed, temp names nobody can pre-plant."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from voiceclone.errors import UsageError
+
+TEMP_SUFFIX = ".voiceclone-tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def temp_name_for(path: Path) -> Path:
+    """A fresh, unguessable temp name beside `path` that only this tool makes (see `is_temp_name`)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temp file name this tool made (a killed run may leave one behind)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def _symlink_error(path: Path) -> UsageError:
+    return UsageError(f"{path}: is a symbolic link; voiceclone never reads or writes its files through links")
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o666) -> int:
+    """`os.open` that refuses a symbolic link at `path` (UsageError naming it) instead of following it."""
+    try:
+        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise _symlink_error(path) from None
+        raise exc
+
+
+def read_bytes_nofollow(path: Path) -> bytes | None:
+    """The bytes of a regular file, None when it does not exist; a symlink raises UsageError."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def atomic_write(path: str | Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Call `fill(handle)` on a new exclusive temp file beside `path`, fsync, then rename it over `path`.
+
+    The temp file is created with O_EXCL and O_NOFOLLOW under a random name, so nothing planted is written through;
+    the rename replaces a symlink at `path` itself, never its target. On any error the temp file is removed."""
+    path = Path(path)
+    tmp = temp_name_for(path)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)  # the umask applies, as for a plain open
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
