@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from voiceclone import hub
 from voiceclone.audio import MelConfig
 from voiceclone.errors import ModelError
 from voiceclone.frontend import PromptFrontend
@@ -475,7 +476,7 @@ def _read_converted_json(path: Path) -> dict:
 
 
 def _existing_dir(path: str | Path) -> Path:
-    model_dir = Path(path).expanduser()
+    model_dir = hub.model_dir(path)
     if not model_dir.exists():
         raise ModelError(f"{model_dir}: model directory does not exist")
     if not model_dir.is_dir():

@@ -174,7 +174,9 @@ def _sigterm_as_interrupt(signum, frame) -> None:
 @app.command()
 def synth(
     manifest: Path = typer.Argument(..., help="CSV/TSV, JSONL or Seed-TTS .lst manifest."),
-    model: str = typer.Option(..., "--model", help="Model directory (official or converted), or `demo`."),
+    model: str = typer.Option(
+        ..., "--model", help="Model directory (official or converted), a hub id (ORG/NAME) in a local cache, or `demo`."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder: <id>.wav, report.jsonl, report.csv, summary.json."),
     fmt: str | None = typer.Option(None, "--format", callback=_format_option, help="csv, tsv, jsonl or lst."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -196,6 +198,9 @@ def synth(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the networks (falls back to eager)."),
     llm_file: str = typer.Option("llm.pt", help="LLM weights file in an official folder, e.g. llm.rl.pt."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    allow_download: bool = typer.Option(
+        False, "--allow-download", help="Download a hub id that is in no local cache (as `voiceclone download`)."
+    ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Clone the prompt voice for every manifest row into OUT/<id>.wav, with reports."""
@@ -219,6 +224,7 @@ def synth(
         llm_file=llm_file,
         threads=threads,
         manifest=str(manifest),
+        allow_download=allow_download,
     )
     progress = _progress(quiet)
     try:
@@ -257,13 +263,16 @@ def synth(
 
 def _dry_run(rows, opts, quiet: bool) -> None:
     """Check everything a run needs without loading the model, then print what the run would do."""
-    from voiceclone import checkpoint, runtime
+    from voiceclone import checkpoint, hub, runtime
     from voiceclone.synth import existing_outputs, refuse_existing
 
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
     refuse_existing(opts.out, rows, opts.resume, opts.force)
-    if opts.model != "demo":
-        checkpoint.read_config(opts.model, opts.llm_file)
+    model = opts.model
+    if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
+        model += " (in no local cache: the run downloads it)"
+    elif model != "demo":
+        checkpoint.read_config(model, opts.llm_file)
     found = existing_outputs(opts.out, rows)
     if quiet:
         return
@@ -272,7 +281,7 @@ def _dry_run(rows, opts, quiet: bool) -> None:
     refs = sum(row.reference_audio is not None for row in rows)
     typer.echo(
         f"dry run: {len(rows)} rows valid ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
-        f"{refs} with reference audio); model {opts.model}; device {rt.device}, "
+        f"{refs} with reference audio); model {model}; device {rt.device}, "
         f"dtype {str(rt.dtype).removeprefix('torch.')}; {len(found)} existing outputs in {opts.out}"
     )
 
@@ -336,8 +345,25 @@ def convert(
 
 
 @app.command()
+def download(
+    repo_id: str = typer.Argument(..., help="Hub id, e.g. FunAudioLLM/Fun-CosyVoice3-0.5B-2512."),
+    source: str | None = typer.Option(
+        None, "--source", help="hf or modelscope (default: modelscope for iic/..., else hf)."
+    ),
+) -> None:
+    """Download a model into the Hugging Face (or ModelScope) cache, where `--model ORG/NAME` finds it."""
+    from voiceclone import hub
+
+    try:
+        model = hub.download(repo_id, source)
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    typer.echo(f"downloaded {repo_id} from {model.source} (revision {model.revision or 'unknown'}) -> {model.path}")
+
+
+@app.command()
 def inspect(
-    model_dir: Path = typer.Argument(..., help="Official or converted model folder."),
+    model_dir: Path = typer.Argument(..., help="Official or converted model folder, or a hub id in a local cache."),
     llm_file: str = typer.Option("llm.pt", help="LLM weights file of an official folder, e.g. llm.rl.pt."),
 ) -> None:
     """Print a model folder's family, config, networks, files and problems as JSON."""

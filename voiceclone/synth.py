@@ -58,6 +58,7 @@ class SynthOptions:
     llm_file: str = "llm.pt"
     threads: int | None = None
     manifest: str = ""
+    allow_download: bool = False
 
 
 @dataclass
@@ -218,7 +219,7 @@ def run_synth(
     on_model: Callable[[object], None] = lambda model: None,
 ) -> SynthOutcome:
     """Synthesise every row not already done; write wavs, the reports and the summary. Raises Interrupted on Ctrl-C."""
-    from voiceclone import checkpoint, runtime
+    from voiceclone import checkpoint, hub, runtime
     from voiceclone.engine import Engine, EngineSettings, SynthRequest
 
     started = time.perf_counter()
@@ -227,6 +228,7 @@ def run_synth(
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
     runtime.set_cpu_threads(opts.threads)
     refuse_existing(opts.out, rows, opts.resume, opts.force)
+    hub.resolve(opts.model, allow_download=opts.allow_download)
     model = checkpoint.load_model(opts.model, rt.device, rt.dtype, opts.llm_file)
     if rt.compile:
         runtime.compile_model(model)
