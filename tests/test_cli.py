@@ -58,6 +58,21 @@ def test_bad_manifest_exits_2_with_located_lines(tmp_path: Path):
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+def test_a_target_with_nothing_to_speak_fails_validation_and_the_dry_run(tmp_path: Path):
+    shutil.copytree(EXAMPLES / "prompts", tmp_path / "prompts")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "id,prompt_audio,prompt_text,target_text\na,prompts/stella_16k.wav,Hi.,Bye.\nb,prompts/stella_16k.wav,Hi.,?!\n"
+    )
+    for extra in ([], ["--dry-run"]):
+        result = invoke("synth", manifest, "--model", tmp_path / "no-model", "--out", tmp_path / "out", *extra)
+        assert result.exit_code == 2, result.output  # refused before the (missing) model is looked at
+        assert stderr_lines(result) == [
+            f"{manifest}:3: target_text: nothing to speak (only punctuation and symbols): ?!"
+        ]
+        assert not (tmp_path / "out").exists()
+
+
 def test_usage_errors_exit_2(tmp_path: Path):
     m = EXAMPLES / "manifest.csv"
     out = tmp_path / "out"

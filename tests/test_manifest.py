@@ -126,6 +126,27 @@ def test_every_problem_is_reported_with_file_line_and_field(folder: Path):
     ]
 
 
+def test_a_target_with_nothing_to_speak_is_refused(folder: Path):
+    rows = [
+        ("dots", "..."),
+        ("marks", "？！…… ——"),
+        ("symbols", "“$%” & <>"),
+        ("price", "$5!"),
+        ("sign", "x²"),
+        ("tag", "[laughter]"),
+        ("zh", "……好。"),
+    ]
+    text = "id\tprompt_audio\tprompt_text\ttarget_text\n" + "".join(
+        f"{row_id}\tprompts/a.wav\t...\t{target}\n" for row_id, target in rows
+    )
+    name = str(folder / "m.tsv")
+    assert problems(write(folder / "m.tsv", text)) == [
+        f"{name}:2: target_text: nothing to speak (only punctuation and symbols): ...",
+        f"{name}:3: target_text: nothing to speak (only punctuation and symbols): ？！…… ——",
+        f"{name}:4: target_text: nothing to speak (only punctuation and symbols): “$%” & <>",
+    ]
+
+
 def test_header_problems(folder: Path):
     name = str(folder / "m.csv")
     assert problems(write(folder / "m.csv", "id,prompt_audio,prompt_text,target_text,speaker\n")) == [

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from voiceclone import audio
 from voiceclone.errors import ManifestError
+from voiceclone.text import is_punctuation_only
 
 FORMATS = ("csv", "tsv", "jsonl", "lst")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".lst": "lst"}
@@ -311,6 +312,8 @@ def load_manifest(path: str | Path, fmt: str | None = None, check_audio: bool = 
                     fail(field, "empty")
                 elif not _encodable(value):
                     fail(field, "contains a lone surrogate (not valid Unicode text)")
+                elif field == "target_text" and is_punctuation_only(value):
+                    fail(field, f"nothing to speak (only punctuation and symbols): {_shown(value)}")
                 else:
                     values[field] = value
             row_id = values.get("id", "")

@@ -1,13 +1,16 @@
 """Text side of the front end: the Qwen2 BPE tokenizer with CosyVoice's specials, prompt assembly, segment splitting
-and a light normaliser."""
+and the reference's normalisation (wetext plus its own rules)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
@@ -201,50 +204,56 @@ def split_segments(text: str, tokenizer: Tokenizer) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Light normalisation (ours; the reference uses wetext / ttsfrd)
+# Normalisation: the reference's rules around WeTextProcessing's runtime (wetext)
 
-_ONES = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-]  # fmt: skip
-_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_SCALES = ["", " thousand", " million", " billion", " trillion"]
-_DIGIT_RUN = re.compile(r"[0-9]+")
+_DIGIT = re.compile(r"\d")
+_BLANK_RUN = re.compile(r"\s{2,}")
+_ESCAPED = re.compile(r'\\(["\\])')
 
 
-def _below_thousand(n: int) -> str:
-    hundreds, rest = divmod(n, 100)
-    words = []
-    if hundreds:
-        words.append(f"{_ONES[hundreds]} hundred")
-    if rest:
-        if rest < 20:
-            tail = _ONES[rest]
-        else:
-            tens, ones = divmod(rest, 10)
-            tail = _TENS[tens] + (f"-{_ONES[ones]}" if ones else "")
-        words.append(("and " if hundreds else "") + tail)
-    return " ".join(words)
+@functools.cache
+def _normalizers() -> dict[str, Any]:
+    """wetext's TN normalisers, built once per process on first use (importing wetext reads every FST it ships)."""
+    from wetext import Normalizer
+
+    return {"zh": Normalizer(lang="zh", operator="tn", remove_erhua=False), "en": Normalizer(lang="en", operator="tn")}
 
 
-def number_to_words(digits: str) -> str:
-    """English words for a run of ASCII digits: "1234" -> "one thousand two hundred and thirty-four".
+def wetext_normalize(text: str, lang: str) -> str:
+    """Numbers, dates, times, money and units read out by wetext's `lang` ("zh" or "en") grammar.
 
-    Runs longer than 15 digits are read digit by digit.
+    As the reference's wetext does, only a text with a digit is normalised. Unlike it, runs of blanks are made one
+    space for the English grammar (it has no path through two), a text the grammar cannot read comes back as it is
+    (the reference raises), and wetext 0.1.8's doubled escaping of `"` and `\\` is undone.
     """
-    if len(digits) > 15:
-        return " ".join(_ONES[int(d)] for d in digits)
-    n = int(digits)
-    if n == 0:
-        return "zero"
-    groups = []
-    scale = 0
-    while n:
-        n, group = divmod(n, 1000)
-        if group:
-            groups.append(_below_thousand(group) + _SCALES[scale])
-        scale += 1
-    return " ".join(reversed(groups))
+    if not _DIGIT.search(text):
+        return text
+    if lang == "en":
+        text = _BLANK_RUN.sub(" ", text)
+    try:
+        spoken = _normalizers()[lang].normalize(text)
+    except (AssertionError, IndexError):  # wetext's token parser fails on the empty tagging of an unreadable text
+        return text
+    return _ESCAPED.sub(r"\1", spoken)
+
+
+def spell_out_digits(text: str) -> str:
+    """Every run of digits (`str.isdigit`, as the reference) as English words by inflect's `number_to_words`; a run
+    over inflect's range (37 digits and more; the reference raises) stays as written."""
+    if not any(char.isdigit() for char in text):
+        return text
+    import inflect  # seconds to import (typeguard instruments it): only when a digit survives wetext
+
+    engine = inflect.engine()
+
+    def words(digits: str) -> str:
+        try:
+            return engine.number_to_words(digits)
+        except inflect.NumOutOfRangeError:
+            return digits
+
+    runs = (("".join(run), is_digit) for is_digit, run in itertools.groupby(text, key=str.isdigit))
+    return "".join(words(run) if is_digit else run for run, is_digit in runs)
 
 
 def _drop_spaces_between_non_ascii(text: str) -> str:
@@ -261,26 +270,22 @@ def _drop_spaces_between_non_ascii(text: str) -> str:
 
 
 def _normalize_zh(text: str) -> str:
-    text = text.replace("\n", "").replace("\r", "")
-    text = re.sub(r"[ \t\u3000]+", " ", text).strip()
+    text = wetext_normalize(text, "zh").replace("\n", "")
     text = _drop_spaces_between_non_ascii(text)
     text = text.replace("²", "平方").replace("³", "立方")
-    text = re.sub(r"(?<![0-9])\.|\.(?![0-9])", "。", text)  # decimals keep their point
-    text = text.replace(" - ", "，")
-    for bracket in "（）【】`":
-        text = text.replace(bracket, "")
+    text = text.replace(".", "。").replace(" - ", "，")
+    for mark in ("（", "）", "【", "】", "`"):
+        text = text.replace(mark, "")
     text = text.replace("——", " ")
     return re.sub(r"[，,、]+$", "。", text)
 
 
-def _normalize_en(text: str) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    return _DIGIT_RUN.sub(lambda m: number_to_words(m.group()), text)
-
-
 def normalize(text: str) -> str:
-    """Light text normalisation for `--text-frontend`: whitespace, the reference's zh punctuation rules, English
-    digit runs spelled out. Texts with `<|...|>` markup pass unchanged."""
+    """The reference's text front end before splitting (`--text-frontend`): strip, then for a text with Chinese
+    wetext zh and its punctuation rules, else wetext en and digit runs spelled out. `<|...|>` markup passes."""
     if not text or has_special_markup(text):
         return text
-    return _normalize_zh(text) if contains_chinese(text) else _normalize_en(text)
+    text = text.strip()
+    if contains_chinese(text):
+        return _normalize_zh(text)
+    return spell_out_digits(wetext_normalize(text, "en"))
