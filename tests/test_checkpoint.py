@@ -223,7 +223,7 @@ def test_load_official_fixture(official, v3_model_dir):
         if key.endswith("original1"):
             module = key.removesuffix(".parametrizations.weight.original1")
             weight = ours[f"{module}.weight"]
-            folded = fold_weight_norm(saved[f"{module}.parametrizations.weight.original0"], value).to(weight.dtype)
+            folded = fold_weight_norm(saved[f"{module}.parametrizations.weight.original0"], value, weight.dtype)
             assert torch.equal(weight, folded), key
         elif not key.endswith("original0"):
             assert torch.equal(ours[key], value.to(ours[key].dtype)), key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,49 @@ def fixed_noise(channels: int, frames: int) -> torch.Tensor:
     """The reference's `rand_noise` (1, channels, frames): the first normal draw after seeding 0; built once."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
     return torch.randn(1, channels, frames, generator=generator, device="cpu")  # even under a meta device context
+
+
+def euler_times(n_timesteps: int, t_scheduler: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euler times and step sizes (n_timesteps,), float32 on the CPU; t accumulates as the reference's does."""
+    t_span = torch.linspace(0, 1, n_timesteps + 1, dtype=torch.float32)
+    if t_scheduler == "cosine":
+        t_span = 1 - torch.cos(t_span * 0.5 * math.pi)
+    times, steps = [], []
+    t, dt = t_span[0], t_span[1] - t_span[0]
+    for step in range(1, n_timesteps + 1):
+        times.append(t)
+        steps.append(dt)
+        t = t + dt
+        if step < n_timesteps:
+            dt = t_span[step + 1] - t
+    return torch.stack(times), torch.stack(steps)
+
+
+def guided_euler(
+    velocity: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, steps: torch.Tensor, cfg_rate: float
+) -> torch.Tensor:
+    """Integrate from the noise `x` with classifier-free guidance; float32 throughout (the CosyVoice2/3 CFM).
+
+    `velocity(x, step)` returns the estimator's output for the doubled batch: the conditioned rows, then the same
+    rows with mu, speaker and prompt conditions zeroed; each step moves x by (1 + cfg) v_cond - cfg v_uncond.
+    """
+    for step in range(len(steps)):
+        v_cond, v_uncond = velocity(x, step).float().chunk(2)
+        x = x + steps[step] * ((1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond)
+    return x
+
+
+def check_keys(file: str, expected: dict[str, torch.Size], sd: dict[str, torch.Tensor]) -> None:
+    """Strict key check of a checkpoint: `ModelError` names the first missing, unexpected or mis-shaped key."""
+    for name in expected:
+        if name not in sd:
+            raise ModelError(f"{file}: missing key {name!r}")
+    for name in sd:
+        if name not in expected:
+            raise ModelError(f"{file}: unexpected key {name!r}")
+    for name, shape in expected.items():
+        if sd[name].shape != shape:
+            raise ModelError(f"{file}: key {name!r} has shape {tuple(sd[name].shape)}, expected {tuple(shape)}")
 
 
 class PreLookaheadLayer(nn.Module):
@@ -132,37 +176,19 @@ class Flow(nn.Module):
         batch, frames, _ = mu.shape
         cfg = self.config
         dtype = mu.dtype
-        x = self.noise[0, :, :frames].T.to(mu.device).expand(batch, -1, -1)
-        times, steps = self.time_steps()
+        noise = self.noise[0, :, :frames].T.to(mu.device).expand(batch, -1, -1)
+        times, steps = euler_times(cfg.n_timesteps, cfg.t_scheduler)
         modulations = self.estimator.modulations(times.to(mu.device))
-        steps = steps.to(mu.device)
         mu_in = torch.cat((mu, torch.zeros_like(mu)))
         spks_in = torch.cat((spks, torch.zeros_like(spks)))
         cond_in = torch.cat((cond, torch.zeros_like(cond)))
         mask_in = None if mask is None else torch.cat((mask, mask))
-        for step in range(cfg.n_timesteps):
-            x_in = x.to(dtype).repeat(2, 1, 1)
-            modulation = [m[step] for m in modulations]
-            velocity = self.estimator(x_in, mask_in, mu_in, modulation, spks_in, cond_in, streaming).float()
-            v_cond, v_uncond = velocity.chunk(2)
-            x = x + steps[step] * ((1.0 + cfg.inference_cfg_rate) * v_cond - cfg.inference_cfg_rate * v_uncond)
-        return x
 
-    def time_steps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Euler times and step sizes (n_timesteps,), float32 on the CPU; t accumulates as the reference's does."""
-        cfg = self.config
-        t_span = torch.linspace(0, 1, cfg.n_timesteps + 1, dtype=torch.float32)
-        if cfg.t_scheduler == "cosine":
-            t_span = 1 - torch.cos(t_span * 0.5 * math.pi)
-        times, steps = [], []
-        t, dt = t_span[0], t_span[1] - t_span[0]
-        for step in range(1, cfg.n_timesteps + 1):
-            times.append(t)
-            steps.append(dt)
-            t = t + dt
-            if step < cfg.n_timesteps:
-                dt = t_span[step + 1] - t
-        return torch.stack(times), torch.stack(steps)
+        def velocity(x: torch.Tensor, step: int) -> torch.Tensor:
+            modulation = [m[step] for m in modulations]
+            return self.estimator(x.to(dtype).repeat(2, 1, 1), mask_in, mu_in, modulation, spks_in, cond_in, streaming)
+
+        return guided_euler(velocity, noise, steps.to(mu.device), cfg.inference_cfg_rate)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under flow.pt's key names."""
@@ -174,15 +200,7 @@ class Flow(nn.Module):
     def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load flow.pt's keys exactly (strict); `ModelError` names the first missing/unexpected/mis-shaped key."""
         expected = {name: tensor.shape for name, tensor in self.official_state_dict().items()}
-        for name in expected:
-            if name not in sd:
-                raise ModelError(f"flow.pt: missing key {name!r}")
-        for name in sd:
-            if name not in expected:
-                raise ModelError(f"flow.pt: unexpected key {name!r}")
-        for name, shape in expected.items():
-            if sd[name].shape != shape:
-                raise ModelError(f"flow.pt: key {name!r} has shape {tuple(sd[name].shape)}, expected {tuple(shape)}")
+        check_keys("flow.pt", expected, sd)
         own = {name: sd[name] for name in expected if not name.startswith(ESTIMATOR_PREFIX)}
         estimator = {n[len(ESTIMATOR_PREFIX) :]: t for n, t in sd.items() if n.startswith(ESTIMATOR_PREFIX)}
         for name, tensor in self.estimator.state_dict_from_official(estimator).items():

@@ -206,40 +206,50 @@ class Snake(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """For each dilation d: x = x + conv2(snake2(conv1_d(snake1(x)))), all convs left-causal."""
+    """For each dilation d: x = x + conv2(snake2(conv1_d(snake1(x)))), convs left-causal or (CosyVoice2) centred."""
 
-    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], causal: bool = True):
         super().__init__()
         k = kernel_size
-        self.convs1 = nn.ModuleList(
-            PaddedConv1d(channels, channels, k, pad=(d * (k - 1), 0), dilation=d) for d in dilations
-        )
-        self.convs2 = nn.ModuleList(PaddedConv1d(channels, channels, k, pad=(k - 1, 0)) for _ in dilations)
+
+        def pad(d: int) -> tuple[int, int]:
+            return (d * (k - 1), 0) if causal else (d * (k - 1) // 2, d * (k - 1) // 2)
+
+        self.convs1 = nn.ModuleList(PaddedConv1d(channels, channels, k, pad=pad(d), dilation=d) for d in dilations)
+        self.convs2 = nn.ModuleList(PaddedConv1d(channels, channels, k, pad=pad(1)) for _ in dilations)
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, C, T); `mask` (B, 1, T) zeroes every conv output past each row's end (x must be zero there)."""
         layers = zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True)
         for conv1, conv2, act1, act2 in layers:
-            x = x + conv2(act2(conv1(act1(x))))
+            h = conv1(act1(x))
+            h = conv2(act2(h if mask is None else h * mask))
+            x = x + (h if mask is None else h * mask)
         return x
 
 
 class F0Predictor(nn.Module):
     """CausalConvRNNF0Predictor: k4 conv with 3 frames of look-ahead, four left-causal k3 convs, ELU, Linear, abs.
 
-    Always float64, weights included: the reference casts weight norm's g and v to float64 and folds them there.
+    Not `causal` (CosyVoice2's ConvRNNF0Predictor): five centred k3 convs. Always in `dtype`, weights included:
+    float64 for CosyVoice3 (the reference casts weight norm's g and v to float64 and folds them there), float32 for
+    CosyVoice2 (its reference runs the vocoder in float32).
     """
 
-    def __init__(self, in_channels: int, cond_channels: int, num_class: int):
+    def __init__(self, in_channels: int, cond_channels: int, num_class: int, causal: bool = True, dtype=torch.float64):
         super().__init__()
-        f64 = torch.float64
-        first = PaddedConv1d(in_channels, cond_channels, F0_LOOK_AHEAD + 1, pad=(0, F0_LOOK_AHEAD), dtype=f64)
+        if causal:
+            first = PaddedConv1d(in_channels, cond_channels, F0_LOOK_AHEAD + 1, pad=(0, F0_LOOK_AHEAD), dtype=dtype)
+        else:
+            first = PaddedConv1d(in_channels, cond_channels, 3, pad=(1, 1), dtype=dtype)
         layers: list[nn.Module] = [first, nn.ELU()]
         for _ in range(4):
-            layers += [PaddedConv1d(cond_channels, cond_channels, 3, pad=(2, 0), dtype=f64), nn.ELU()]
+            pad = (2, 0) if causal else (1, 1)
+            layers += [PaddedConv1d(cond_channels, cond_channels, 3, pad=pad, dtype=dtype), nn.ELU()]
         self.condnet = nn.Sequential(*layers)
-        self.classifier = nn.Linear(cond_channels, num_class, dtype=f64)
+        self.classifier = nn.Linear(cond_channels, num_class, dtype=dtype)
 
     def _apply(self, fn, recurse=True):
         """Follow device moves (`.to`, `.cuda`, `to_empty`) but never change dtype."""
@@ -251,17 +261,17 @@ class F0Predictor(nn.Module):
         return super()._apply(keep_dtype, recurse)
 
     def forward(self, mel: Tensor) -> Tensor:
-        """(B, 80, T) -> F0 in Hz (B, T) float64."""
-        x = self.condnet(mel.double()).transpose(1, 2)
+        """(B, 80, T) -> F0 in Hz (B, T) in the predictor's dtype."""
+        x = self.condnet(mel.to(self.classifier.weight.dtype)).transpose(1, 2)
         return self.classifier(x).squeeze(-1).abs()
 
 
 class HarmonicSource(nn.Module):
     """SourceModuleHnNSF with the causal SineGen2: harmonic sines from frame-rate F0 plus fixed noise, tanh(Linear)."""
 
-    def __init__(self, config: HiFTConfig, noise: SineNoiseTable):
+    def __init__(self, config: HiFTConfig):
         super().__init__()
-        self.config, self.noise = config, noise
+        self.config = config
         self.l_linear = nn.Linear(config.nb_harmonics + 1, 1)
 
     def forward(self, f0: Tensor) -> Tensor:
@@ -281,16 +291,18 @@ class HarmonicSource(nn.Module):
         w, b = self.l_linear.weight.float(), self.l_linear.bias.float()
         harmonic = F.linear(sines * uv[..., None], w).squeeze(-1)
         n_samples = f0.shape[1] * up
-        noise = F.linear(self.noise.head(n_samples), w.cpu()).squeeze(-1).to(f0.device)
+        noise = F.linear(sine_noise_table(cfg).head(n_samples), w.cpu()).squeeze(-1).to(f0.device)
         merged = harmonic.repeat_interleave(up, dim=1) + noise_amp.repeat_interleave(up, dim=1) * noise
         return torch.tanh(merged + b)
 
 
-def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
-    """Effective weight g * v / ||v||, the norm over all dims but 0, computed in float64."""
-    v = v.double()
-    norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-    return g.double().view_as(norm) * v / norm
+def fold_weight_norm(g: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """Effective weight g * v / ||v|| (the norm over all dims but 0) computed in `dtype`.
+
+    Through torch's own weight-norm kernel, which the reference's weight-norm layers call: its float32 result is
+    bit-exact with theirs (recomputing the norm by hand differs in the last bit, which the F0 predictor amplifies).
+    """
+    return torch._weight_norm(v.to(dtype), g.to(dtype).view(-1, *([1] * (v.dim() - 1))), 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -307,19 +319,18 @@ class HiFT(nn.Module):
     def __init__(self, config: HiFTConfig):
         super().__init__()
         self.config = config
-        noise = sine_noise_table(config)
         with torch.device("meta"):  # no default init: every weight comes from a checkpoint
-            self._build(config, noise)
+            self._build(config)
         self.to_empty(device="cpu")
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.fill_(1.0 if name.endswith(".alpha") else 0.0)
         self.requires_grad_(False)
 
-    def _build(self, cfg: HiFTConfig, noise: SineNoiseTable) -> None:
+    def _build(self, cfg: HiFTConfig) -> None:
         ch, rates = cfg.base_channels, cfg.upsample_rates
         stft_channels = cfg.istft_n_fft + 2
-        self.m_source = HarmonicSource(cfg, noise)
+        self.m_source = HarmonicSource(cfg)
         look_right = cfg.conv_pre_look_right
         self.conv_pre = PaddedConv1d(cfg.in_channels, ch, look_right + 1, pad=(0, look_right))
         self.ups = nn.ModuleList(
@@ -401,7 +412,8 @@ class HiFT(nn.Module):
         with torch.no_grad():
             for key, (name, role) in layout.items():
                 if role == "g":
-                    weight = fold_weight_norm(tensors[key], tensors[key.replace("original0", "original1")])
+                    v = tensors[key.replace("original0", "original1")]
+                    weight = fold_weight_norm(tensors[key], v, params[name].dtype)
                     params[name].copy_(weight)
                 elif role == "tensor":
                     params[name].copy_(tensors[key])

@@ -1,4 +1,4 @@
-"""CosyVoice3 speech-token language model: prefix assembly, decoding, repetition-aware sampling."""
+"""CosyVoice2/3 speech-token language model: prefix assembly, decoding, repetition-aware sampling."""
 
 from __future__ import annotations
 
@@ -22,7 +22,12 @@ KV_BUCKET = 64  # decode attends to the first multiple of this many cache positi
 
 @dataclass
 class LMConfig:
-    """CosyVoice3LM settings: the speech vocabulary, its special rows and the sampling recipe."""
+    """Speech-LM settings: the speech vocabulary, its special rows and the sampling recipe.
+
+    CosyVoice3: sos and task_id are rows of the speech table, `llm_decoder` has no bias. CosyVoice2
+    (`sos_task_embedding`): they are the two rows of a separate `llm_embedding` table, the decoder has a bias and
+    3 extra rows (stop ids 6561-6563).
+    """
 
     qwen: Qwen2Config = field(default_factory=Qwen2Config)
     speech_token_size: int = 6561
@@ -34,6 +39,7 @@ class LMConfig:
     min_token_text_ratio: float = 2.0
     max_token_text_ratio: float = 20.0
     decoder_bias: bool = False
+    sos_task_embedding: bool = False
 
     @property
     def vocab_out(self) -> int:
@@ -75,11 +81,16 @@ class LMRequest:
 
 @dataclass
 class LMResult:
-    """Generated speech tokens (stop id excluded), why generation ended ("eos" | "max_len"), decoder steps run."""
+    """Generated speech tokens (stop id excluded), why generation ended ("eos" | "max_len"), decoder steps run.
+
+    `generator` is the row's generator after its last draw: the CosyVoice2 vocoder continues that stream, as the
+    reference's global generator does.
+    """
 
     tokens: list[int]
     stop_reason: str
     steps: int
+    generator: torch.Generator | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -141,11 +152,13 @@ def _official_key(name: str) -> str:
 
 
 class CosyVoice3LM(nn.Module):
-    """Qwen2 backbone between a speech-token embedding table and a speech-token output layer."""
+    """Qwen2 backbone between a speech-token embedding table and a speech-token output layer (CosyVoice2 and 3)."""
 
     def __init__(self, config: LMConfig):
         super().__init__()
         self.config = config
+        if config.sos_task_embedding:  # registered first: llm.pt's key order
+            self.llm_embedding = nn.Embedding(2, config.qwen.hidden_size)
         self.llm = Qwen2(config.qwen)
         self.llm_decoder = Linear(config.qwen.hidden_size, config.vocab_out, bias=config.decoder_bias)
         self.speech_embedding = nn.Embedding(config.vocab_out, config.qwen.hidden_size)
@@ -178,9 +191,11 @@ class CosyVoice3LM(nn.Module):
     def official_state_dict(self) -> dict[str, Tensor]:
         """The llm.pt layout, with `llm.model.lm_head.weight` tied to the text embedding."""
         out: dict[str, Tensor] = {}
+        backbone = False
         for name, value in self.state_dict().items():
-            if not name.startswith("llm.") and OFFICIAL_LM_HEAD not in out:
+            if backbone and not name.startswith("llm."):  # the head follows the backbone, as in llm.pt
                 out[OFFICIAL_LM_HEAD] = out[OFFICIAL_QWEN_PREFIX + "embed_tokens.weight"]
+            backbone = name.startswith("llm.")
             out[_official_key(name)] = value
         return out
 
@@ -202,12 +217,15 @@ class CosyVoice3LM(nn.Module):
         """(L, H): [sos, embed_tokens(prompt_text ++ text), task_id, speech_embedding(prompt_speech_tokens)]."""
         device = self.speech_embedding.weight.device
         text = torch.cat([_ids(prompt_text_ids, device), _ids(text_ids, device)])
-        table = self.speech_embedding.weight
+        if self.config.sos_task_embedding:
+            sos, task = self.llm_embedding.weight.unbind(0)
+        else:
+            sos, task = self.speech_embedding.weight[[self.config.sos, self.config.task_id]].unbind(0)
         return torch.cat(
             [
-                table[self.config.sos][None],
+                sos[None],
                 self.llm.embed_tokens(text),
-                table[self.config.task_id][None],
+                task[None],
                 self.speech_embedding(_ids(prompt_speech_tokens, device)),
             ]
         )
@@ -255,7 +273,7 @@ class CosyVoice3LM(nn.Module):
         waiting = deque(i for i, r in enumerate(requests) if r.max_len > 0)
         for i, request in enumerate(requests):
             if request.max_len <= 0:
-                results[i] = LMResult([], "max_len", 0)
+                results[i] = LMResult([], "max_len", 0, torch.Generator().manual_seed(request.seed))
         if not waiting:
             return results  # type: ignore[return-value]
         prefix_lens = [len(r.prompt_text_ids) + len(r.text_ids) + 2 + len(r.prompt_speech_tokens) for r in requests]
@@ -287,11 +305,11 @@ class CosyVoice3LM(nn.Module):
                     continue
                 row.steps += 1
                 if token >= self.config.first_stop_id:
-                    results[row.index], rows[s] = LMResult(row.tokens, "eos", row.steps), None
+                    results[row.index], rows[s] = LMResult(row.tokens, "eos", row.steps, row.generator), None
                     continue
                 row.tokens.append(token)
                 if len(row.tokens) >= row.request.max_len:
-                    results[row.index], rows[s] = LMResult(row.tokens, "max_len", row.steps), None
+                    results[row.index], rows[s] = LMResult(row.tokens, "max_len", row.steps, row.generator), None
         return results  # type: ignore[return-value]
 
     def _request_prefix(self, request: LMRequest) -> Tensor:
