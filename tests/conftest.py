@@ -138,6 +138,17 @@ def v2_configs(v2_model_dir: Path) -> V2Configs:
 
 
 @pytest.fixture(scope="session")
+def v2_released_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
+    """Key -> shape of the released CosyVoice2-0.5B llm.pt / flow.pt / hift.pt (hift in the parametrizations form)."""
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for line in (PARITY.parent / "reference" / "cosyvoice_keys_v2.tsv").read_text().splitlines():
+        file, key, shape = (line.split("\t") + ["", "", ""])[:3]
+        if file.endswith(".pt"):
+            shapes.setdefault(file, {})[key] = tuple(json.loads(shape))
+    return shapes
+
+
+@pytest.fixture(scope="session")
 def v2_lm(v2_configs: V2Configs, v2_model_dir: Path) -> CosyVoice3LM:
     model = CosyVoice3LM(v2_configs.lm).eval()
     model.load_official_state_dict(torch.load(v2_model_dir / "llm.pt", weights_only=True, mmap=True))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
 from voiceclone.models.conformer import RelPositionAttention, relative_positions
-from voiceclone.models.flow2 import Flow2
+from voiceclone.models.flow2 import Flow2, Flow2Config
 
 MEL_TOL = 1e-4
 
@@ -146,3 +146,10 @@ def test_bfloat16_weights_keep_float32_output(v2_flow, case):
     assert mel.dtype == torch.float32 and mel.shape == expected.shape == (80, 24)
     error = (mel - expected).abs()
     assert error.mean().item() < 0.05 and error.max().item() < 0.5  # mel std is about 1.9
+
+
+def test_default_config_matches_released_v2_key_shapes(v2_released_shapes):
+    """The default (CosyVoice2-0.5B) dimensions build exactly the released flow.pt keys and shapes."""
+    with torch.device("meta"):
+        model = Flow2(Flow2Config())
+    assert {k: tuple(v.shape) for k, v in model.official_state_dict().items()} == v2_released_shapes["flow.pt"]

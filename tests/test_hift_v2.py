@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
+from voiceclone.models.hift import HiFTConfig
 from voiceclone.models.hift2 import HiFT2
 
 SEED = 5678  # the reference ran torch.manual_seed(5678) before hift.inference
@@ -116,3 +117,9 @@ def test_bfloat16_stack_keeps_f0_and_source_in_float32(v2_configs, official_sd, 
     (speech,) = model.inference([case["mel"][0]], [seeded()])
     assert speech.dtype == torch.float32
     assert (speech - case["speech"][0]).abs().max().item() < 0.03  # bf16 convs; the waveform's rms is 0.056
+
+
+def test_default_config_matches_released_v2_key_shapes(v2_released_shapes):
+    """The default (24 kHz, base 512) dimensions give exactly the released hift.pt keys and shapes."""
+    exported = HiFT2(HiFTConfig()).official_state_dict()
+    assert {k: tuple(v.shape) for k, v in exported.items()} == v2_released_shapes["hift.pt"]

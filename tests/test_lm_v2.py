@@ -124,17 +124,11 @@ def test_generate_matches_reference(v2_lm, case, batch_size):
         assert result.steps == run["steps"]
 
 
-def test_qwen2_05b_preset_matches_released_v2_key_shapes():
+def test_qwen2_05b_preset_matches_released_v2_key_shapes(v2_released_shapes):
     """With the 0.5B preset, the v2 options build exactly the released CosyVoice2 llm.pt keys and shapes."""
-    tsv = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cosyvoice_keys_v2.tsv"
-    released = {}
-    for line in tsv.read_text().splitlines():
-        file, key, shape = (line.split("\t") + ["", "", ""])[:3]
-        if file == "llm.pt":
-            released[key] = tuple(json.loads(shape))
     config = LMConfig(
         qwen=Qwen2Config.from_name("qwen2-0.5b"), extra_tokens=3, decoder_bias=True, sos_task_embedding=True
     )
     with torch.device("meta"):
         model = CosyVoice3LM(config)
-    assert {k: tuple(v.shape) for k, v in model.official_state_dict().items()} == released
+    assert {k: tuple(v.shape) for k, v in model.official_state_dict().items()} == v2_released_shapes["llm.pt"]
