@@ -142,8 +142,10 @@ class CausalUNet(nn.Module):
         blocks = nn.ModuleList(
             TransformerBlock(cfg.channels, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks)
         )
-        level = [ResnetBlock(channels_in, cfg.channels, time_dim), blocks]
-        return nn.ModuleList(level + [CausalConv1d(cfg.channels, cfg.channels, 3)] if with_conv else level)
+        level = nn.ModuleList([ResnetBlock(channels_in, cfg.channels, time_dim), blocks])
+        if with_conv:
+            level.append(CausalConv1d(cfg.channels, cfg.channels, 3))
+        return level
 
     def forward(
         self,
@@ -160,13 +162,13 @@ class CausalUNet(nn.Module):
         visible = self.attention_mask(mask, streaming)
         mask = mask.unsqueeze(1).to(x.dtype)
         h = torch.cat((x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond), dim=1)
-        (resnet, blocks, conv), *_ = self.down_blocks
+        resnet, blocks, conv = self.down_blocks[0]
         h = self._transformers(blocks, resnet(h, mask, time), visible)
         skip = h
         h = conv(h * mask)
         for resnet, blocks in self.mid_blocks:
             h = self._transformers(blocks, resnet(h, mask, time), visible)
-        (resnet, blocks, conv), *_ = self.up_blocks
+        resnet, blocks, conv = self.up_blocks[0]
         h = self._transformers(blocks, resnet(torch.cat((h, skip), dim=1), mask, time), visible)
         h = self.final_block(conv(h * mask), mask)
         return self.final_proj(h * mask) * mask
