@@ -14,7 +14,7 @@ import torchaudio.compliance.kaldi as kaldi
 import torchaudio.transforms
 
 from voiceclone.errors import UsageError
-from voiceclone.files import atomic_write
+from voiceclone.files import atomic_write, first_line
 
 MIN_SAMPLE_RATE = 16000
 SILENCE_DBFS = -50.0  # a 10 ms window whose RMS is below this level counts as silence
@@ -60,7 +60,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for unreadable files
-        raise AudioError(f"{path}: cannot read audio header: {_reason(exc)}") from exc
+        raise AudioError(f"{path}: cannot read audio header: {first_line(exc)}") from exc
     return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
 
 
@@ -69,12 +69,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise AudioError(f"{path}: cannot decode audio: {_reason(exc)}") from exc
+        raise AudioError(f"{path}: cannot decode audio: {first_line(exc)}") from exc
     return np.ascontiguousarray(data.T), sample_rate
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 @functools.lru_cache(maxsize=16)

@@ -8,9 +8,7 @@ import contextlib
 import hashlib
 import json
 import operator
-import os
 import re
-import secrets
 import shutil
 import time
 import zipfile
@@ -25,6 +23,7 @@ import yaml
 from voiceclone import hub
 from voiceclone.audio import MelConfig
 from voiceclone.errors import ModelError
+from voiceclone.files import build_folder, first_line
 from voiceclone.frontend import PromptFrontend
 from voiceclone.models.dit import DiTConfig
 from voiceclone.models.flow import Flow, FlowConfig
@@ -290,7 +289,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         return read_hyperpyyaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable HyperPyYAML ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: unreadable HyperPyYAML ({first_line(exc)})") from None
 
 
 def _read_json(path: Path) -> dict:
@@ -315,7 +314,7 @@ def _qwen_config(path: Path) -> Qwen2Config:
 
 def _strip_file_prefix(exc: Exception) -> str:
     """The message of an error raised by a network or config loader, without its own short file-name prefix."""
-    return re.sub(r"^[\w.-]+\.(pt|json): ", "", _first_line(exc))
+    return re.sub(r"^[\w.-]+\.(pt|json): ", "", first_line(exc))
 
 
 _DIT_KEYS = (
@@ -426,11 +425,6 @@ def _official_config(model_dir: Path, llm_state: dict[str, torch.Tensor], llm_pa
 # Reading weight files.
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_pt(path: Path) -> dict[str, torch.Tensor]:
     """A `.pt` state dict, memory-mapped; anything but a readable dict of tensors raises ModelError naming the file."""
     if not path.is_file():
@@ -438,7 +432,7 @@ def load_pt(path: Path) -> dict[str, torch.Tensor]:
     try:  # files from torch.save are zip archives and can be memory-mapped; legacy pickles cannot
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # torch raises many kinds of error for a truncated or garbled archive
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: not a state dict of tensors")
     return state
@@ -454,7 +448,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
 
 
 def _speech_rows(llm_state: dict[str, torch.Tensor], path: Path) -> int:
@@ -502,7 +496,7 @@ def _converted_config(path: Path) -> ModelConfig:
     try:
         return ModelConfig.from_json(_read_converted_json(path)["config"])
     except (KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: config does not match this voiceclone version ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: config does not match this voiceclone version ({first_line(exc)})") from None
 
 
 def _content_id(model_dir: Path, names: list[str], sample: int = 1 << 16) -> str:
@@ -674,31 +668,6 @@ def load_model(
 # Converting and inspecting.
 
 
-def _write_atomically(dst: Path, fill: Any, overwrite: bool) -> None:
-    """Build a directory in a temporary sibling of `dst` with `fill(tmp)`, then rename it into place."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() and not overwrite:
-        raise ModelError(f"{dst}: already exists (choose another output directory)")
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask
-    try:
-        fill(tmp)
-        file_mode = tmp.stat().st_mode & 0o666
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                path.chmod(file_mode)
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _copy_resources(src: Path, dst: Path) -> None:
     (dst / BLANK_EN).mkdir()
     for name in (*TOKENIZER_FILES, *OPTIONAL_TOKENIZER_FILES):
@@ -734,7 +703,10 @@ def convert(src: str | Path, dst: str | Path, llm_file: str = "llm.pt", overwrit
         _copy_resources(src_dir, tmp)
         (tmp / CONVERTED_CONFIG).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
-    _write_atomically(dst, fill, overwrite)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and not overwrite:
+        raise ModelError(f"{dst}: already exists (choose another output directory)")
+    build_folder(dst, fill, replace=overwrite)
     return dst
 
 

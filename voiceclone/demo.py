@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from torch import nn
 from voiceclone.audio import MelConfig
 from voiceclone.checkpoint import BLANK_EN, ModelConfig
 from voiceclone.errors import UsageError
+from voiceclone.files import build_folder
 from voiceclone.models.dit import DiTConfig
 from voiceclone.models.flow import Flow, FlowConfig
 from voiceclone.models.hift import HiFT, HiFTConfig
@@ -434,12 +433,12 @@ def _random_networks(config: ModelConfig, seed: int) -> dict[str, dict[str, torc
 
 
 def build_model_dir(out: str | Path, family: str = "cosyvoice3", size: str = "tiny", seed: int = 0) -> Path:
-    """Write a random-weight model directory in the official release layout into `out` (which must not exist)."""
+    """Write a random-weight model directory in the official release layout into `out` (a new or empty folder)."""
     if family != "cosyvoice3":
         raise UsageError(f"--family: only cosyvoice3 can be built (got {family!r})")
     out = Path(out)
     config = model_config(size)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "cosyvoice3.yaml").write_text(yaml_text(config), encoding="utf-8")
     write_blank_en(out / BLANK_EN, config.lm.qwen)
     write_campplus_onnx(out / "campplus.onnx", seed + 1)
@@ -460,14 +459,9 @@ def demo_model_dir() -> Path:
     if (target / "cosyvoice3.yaml").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        build_model_dir(tmp / "model", size="tiny", seed=DEMO_SEED)
-        try:
-            os.rename(tmp / "model", target)
-        except OSError:
-            if not (target / "cosyvoice3.yaml").is_file():  # another builder won the race only if its result is there
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        build_folder(target, lambda tmp: build_model_dir(tmp, size="tiny", seed=DEMO_SEED))
+    except OSError:
+        if not (target / "cosyvoice3.yaml").is_file():  # another builder won the race only if its result is there
+            raise
     return target

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from voiceclone import audio
 from voiceclone.errors import UsageError
+from voiceclone.files import first_line
 from voiceclone.manifest import load_manifest
 from voiceclone.report import REPORT_JSONL, SUMMARY_JSON, ReportRow, read_report_rows
 
@@ -138,7 +139,7 @@ def check_row(
     try:
         wav, rate = audio.read_audio(wav_path)
     except Exception as e:
-        add(Check("exists", False, f"unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"))
+        add(Check("exists", False, f"unreadable: {first_line(e)}"))
         return result
     add(Check("exists", True, "readable"))
     stats = audio.audio_stats(wav, rate)

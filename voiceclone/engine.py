@@ -21,6 +21,7 @@ import torch
 
 from voiceclone import runtime, text
 from voiceclone.errors import VoiceCloneError
+from voiceclone.files import first_line
 from voiceclone.models.lm import LMRequest
 from voiceclone.seeds import row_seed
 
@@ -130,7 +131,8 @@ def _error_text(exc: BaseException) -> str:
         return str(exc)
     if runtime.is_out_of_memory(exc):
         return "out of memory even for this row alone"
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    name, line = type(exc).__name__, first_line(exc)
+    return line if line == name else f"{name}: {line}"
 
 
 def _buckets(

@@ -1,10 +1,13 @@
-"""Safe file writing in output folders: atomic replace, no symlink ever followed, temp names nobody can pre-plant."""
+"""File utilities: atomic file writes (no symlink followed, temp names nobody can pre-plant), atomic folder builds,
+sha256 digests, and the first line of an exception for one-line errors."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -78,3 +81,41 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def build_folder(dst: Path, fill: Callable[[Path], None], replace: bool = False) -> None:
+    """Build a folder atomically: `fill(tmp)` writes into a new empty temp sibling of `dst`, which is then renamed to
+    `dst`; a failure leaves nothing behind. Files get the folder's mode (the umask applies).
+
+    Without `replace` the rename fails (OSError) when a non-empty `dst` exists, e.g. when a concurrent builder won;
+    with it an existing `dst` is swapped out and removed."""
+    tmp = temp_name_for(dst)
+    tmp.mkdir()  # unlike mkdtemp, honours the umask
+    try:
+        fill(tmp)
+        file_mode = tmp.stat().st_mode & 0o666
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                path.chmod(file_mode)
+        if replace and dst.exists():
+            old = temp_name_for(dst)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

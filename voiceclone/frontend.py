@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from voiceclone.audio import (
     whisper_log_mel,
 )
 from voiceclone.errors import ModelError
+from voiceclone.files import sha256_file
 
 MAX_PROMPT_S = 30.0
 SPEECH_TOKENIZER_FILES = ("speech_tokenizer_v3.onnx", "speech_tokenizer_v2.onnx")
@@ -35,15 +35,6 @@ class PromptFeatures:
     mel: torch.Tensor  # (2k, 80) float32, time-major
     embedding: torch.Tensor  # (192,) float32, not normalised
     duration_s: float
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _OnnxModel:
@@ -111,7 +102,7 @@ class PromptFrontend:
         info = audio_info(path)
         if info.duration_s > MAX_PROMPT_S:
             raise AudioError(f"{path}: prompt is {info.duration_s:.1f} s long; the limit is {MAX_PROMPT_S:.0f} s")
-        key = file_sha256(path)
+        key = sha256_file(path)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voiceclone.errors import ModelError, UsageError
+from voiceclone.files import first_line
 
 HF, MODELSCOPE = "hf", "modelscope"
 SOURCES = (HF, MODELSCOPE)
@@ -123,7 +124,7 @@ def _download_hf(repo_id: str) -> HubModel:
     try:
         path = Path(snapshot_download(repo_id, cache_dir=hf_cache_dir()))
     except Exception as exc:  # HTTP, connection, offline-mode and validation errors all mean: no download
-        raise ModelError(f"{repo_id}: download from Hugging Face failed: {_first_line(exc)}") from None
+        raise ModelError(f"{repo_id}: download from Hugging Face failed: {first_line(exc)}") from None
     return HubModel(path, repo_id, HF, path.name)
 
 
@@ -138,13 +139,8 @@ def _download_modelscope(repo_id: str) -> HubModel:
     try:
         path = Path(snapshot_download(repo_id))
     except Exception as exc:  # the modelscope library raises HTTP, connection and validation errors alike
-        raise ModelError(f"{repo_id}: download from ModelScope failed: {_first_line(exc)}") from None
+        raise ModelError(f"{repo_id}: download from ModelScope failed: {first_line(exc)}") from None
     return find_in_modelscope_cache(repo_id) or HubModel(path, repo_id, MODELSCOPE, _modelscope_revision(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def download(repo_id: str, source: str | None = None) -> HubModel:

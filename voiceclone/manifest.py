@@ -12,6 +12,7 @@ from pathlib import Path
 
 from voiceclone import audio
 from voiceclone.errors import ManifestError
+from voiceclone.files import first_line
 from voiceclone.text import is_punctuation_only
 
 FORMATS = ("csv", "tsv", "jsonl", "lst")
@@ -149,7 +150,7 @@ def _read_jsonl(path: Path, name: str) -> Iterator[tuple[int, dict[str, str] | M
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError) as e:
-            yield number, ManifestError(name, number, None, f"invalid JSON: {str(e).splitlines()[0][:200]}")
+            yield number, ManifestError(name, number, None, f"invalid JSON: {first_line(e)[:200]}")
             continue
         if not isinstance(obj, dict):
             yield number, ManifestError(name, number, None, f"expected a JSON object, found {type(obj).__name__}")
@@ -256,8 +257,7 @@ class _AudioChecker:
         try:
             info = audio.audio_info(path)
         except Exception as e:  # any decoder complaint means the file is unusable
-            first_line = (str(e).splitlines() or [type(e).__name__])[0]
-            return f"unreadable audio ({first_line.rsplit(': ', 1)[-1].rstrip('.')[:120]})"
+            return f"unreadable audio ({first_line(e).rsplit(': ', 1)[-1].rstrip('.')[:120]})"
         if info.frames <= 0:
             return "audio has no samples"
         if is_prompt and info.sample_rate < MIN_PROMPT_RATE:

@@ -146,15 +146,6 @@ class Journal:
         self._file.close()
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def row_fingerprint(
     prompt_sha256: str, prompt_text: str, target_text: str, seed: int, model_id: str, settings: dict
 ) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from voiceclone.attention import set_attention_backend
 from voiceclone.errors import DeviceError, UsageError
+from voiceclone.files import first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -135,8 +136,10 @@ def compile_model(model) -> None:
 
 
 def _warn_eager(name: str, exc: Exception) -> None:
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    print(f"warning: --compile: {name} could not be compiled ({first_line[:160]}); running it eagerly", file=sys.stderr)
+    print(
+        f"warning: --compile: {name} could not be compiled ({first_line(exc)[:160]}); running it eagerly",
+        file=sys.stderr,
+    )
 
 
 def reset_peak_memory(device: torch.device) -> None:

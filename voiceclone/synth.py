@@ -17,7 +17,7 @@ from pathlib import Path
 
 from voiceclone import __version__, audio
 from voiceclone.errors import UsageError
-from voiceclone.files import is_temp_name
+from voiceclone.files import is_temp_name, sha256_file
 from voiceclone.manifest import Row
 from voiceclone.report import (
     JOURNAL,
@@ -26,7 +26,6 @@ from voiceclone.report import (
     SUMMARY_JSON,
     Journal,
     ReportRow,
-    file_sha256,
     read_report_rows,
     row_fingerprint,
     summarize,
@@ -241,7 +240,7 @@ def run_synth(
     fingerprints: dict[str, str] = {}
     for row in rows:
         if row.prompt_audio not in prompt_hashes:
-            prompt_hashes[row.prompt_audio] = file_sha256(row.prompt_audio)
+            prompt_hashes[row.prompt_audio] = sha256_file(row.prompt_audio)
         seeds[row.id] = seed_for(row.seed, opts.seed, row.id)
         fingerprints[row.id] = row_fingerprint(
             prompt_hashes[row.prompt_audio], row.prompt_text, row.target_text, seeds[row.id], model.model_id, settings
