@@ -20,8 +20,9 @@ import torch
 from floors import best_seconds, machine, matmul_flops, memory_bandwidth, results_tag
 from torch.utils.flop_counter import FlopCounterMode
 
-from voiceclone import runtime, text
+from voiceclone import runtime
 from voiceclone.checkpoint import load_model
+from voiceclone.frontend import text
 from voiceclone.models.lm import LMRequest
 
 HERE = Path(__file__).resolve().parent

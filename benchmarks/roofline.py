@@ -24,8 +24,8 @@ from bench_stages import weight_bytes_per_step
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from voiceclone import text
 from voiceclone.demo import model_config
+from voiceclone.frontend import text
 from voiceclone.models.dit import DiT
 from voiceclone.models.hift import HiFT
 from voiceclone.models.lm import CosyVoice3LM

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from voiceclone.audio import MelConfig
 from voiceclone.checkpoint import ModelConfig, read_config, read_hyperpyyaml
+from voiceclone.frontend.features import MelConfig
 from voiceclone.models.conformer import ConformerConfig
 from voiceclone.models.flow2 import Flow2, Flow2Config
 from voiceclone.models.hift import HiFTConfig

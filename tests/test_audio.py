@@ -11,18 +11,8 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from safetensors.torch import load_file
 
-from voiceclone.audio import (
-    AudioError,
-    MelConfig,
-    audio_info,
-    audio_stats,
-    kaldi_fbank_cmn,
-    load_mono,
-    matcha_mel,
-    read_audio,
-    whisper_log_mel,
-    write_wav,
-)
+from voiceclone.frontend.features import MelConfig, kaldi_fbank_cmn, load_mono, matcha_mel, whisper_log_mel
+from voiceclone.io.audio import AudioError, audio_info, audio_stats, read_audio, write_wav
 
 TOL = 1e-4
 # Fbank bins this far below 0 (power < 2.3e-6, near Kaldi's floor log(float32 eps) = -15.9) keep only a few float32

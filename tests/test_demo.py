@@ -15,7 +15,7 @@ import torch
 from voiceclone import demo
 from voiceclone.checkpoint import inspect, load_model, load_pt, read_config
 from voiceclone.errors import UsageError
-from voiceclone.text import Tokenizer
+from voiceclone.frontend.text import Tokenizer
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

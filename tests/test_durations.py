@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from voiceclone.cli import app
 from voiceclone.durations import Tolerances, check_durations
-from voiceclone.report import ReportRow, write_report, write_summary
+from voiceclone.io.report import ReportRow, write_report, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from voiceclone.frontend import PromptFrontend
+from voiceclone.frontend.prompt import PromptFrontend
+from voiceclone.frontend.text import Tokenizer
 from voiceclone.models.lm import LMRequest
-from voiceclone.text import Tokenizer
 
 MEL_TOL = 1e-4
 WAVE_TOL = 1e-3  # the README's suggestion for the v2 chain: flow + HiFT amplify 2e-6 mel differences

@@ -10,7 +10,7 @@ import torch
 
 from voiceclone.checkpoint import load_model
 from voiceclone.engine import Engine, EngineSettings, SynthRequest, flow_tokens, segment_seed
-from voiceclone.text import split_segments
+from voiceclone.frontend.text import split_segments
 
 LONG_TEXT = " ".join(
     f"Sentence number {word} tells a slightly longer story about the weather, the trains and the river."

@@ -11,9 +11,10 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from voiceclone.audio import AudioError, MelConfig
 from voiceclone.errors import ModelError
-from voiceclone.frontend import PromptFrontend
+from voiceclone.frontend.features import MelConfig
+from voiceclone.frontend.prompt import PromptFrontend
+from voiceclone.io.audio import AudioError
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 MEL_CONFIGS = {"cosyvoice3": MelConfig(), "cosyvoice2": MelConfig(fmax=8000.0)}

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from voiceclone.checkpoint import read_hyperpyyaml
 from voiceclone.cli import app
 from voiceclone.files import atomic_write_text, is_temp_name, temp_name_for
-from voiceclone.report import JOURNAL, REPORT_JSONL
+from voiceclone.io.report import JOURNAL, REPORT_JSONL
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -66,7 +66,7 @@ def test_resume_never_writes_through_a_planted_link(tmp_path: Path, finished_run
 
 def test_journal_refuses_a_link_even_when_opened_directly(tmp_path: Path):
     from voiceclone.errors import UsageError
-    from voiceclone.report import Journal, read_report_rows
+    from voiceclone.io.report import Journal, read_report_rows
 
     victim = tmp_path / "victim"
     os.symlink(victim, tmp_path / JOURNAL)

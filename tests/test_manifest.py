@@ -11,9 +11,9 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from voiceclone import audio, manifest
 from voiceclone.errors import ManifestError
-from voiceclone.manifest import ManifestErrors, Row, detect_format, id_problem, load_manifest, parse_seed
+from voiceclone.io import audio, manifest
+from voiceclone.io.manifest import ManifestErrors, Row, detect_format, id_problem, load_manifest, parse_seed
 from voiceclone.seeds import row_seed, seed_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

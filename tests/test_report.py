@@ -6,12 +6,12 @@ import csv
 import json
 from pathlib import Path
 
-from voiceclone.report import (
+from voiceclone.files import atomic_write_text
+from voiceclone.io.report import (
     JOURNAL,
     REPORT_FIELDS,
     Journal,
     ReportRow,
-    atomic_write_text,
     read_report_rows,
     row_fingerprint,
     summarize,

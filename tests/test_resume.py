@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from voiceclone.cli import app
 from voiceclone.files import is_temp_name
-from voiceclone.report import JOURNAL, read_report_rows
+from voiceclone.io.report import JOURNAL, read_report_rows
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from voiceclone.errors import ModelError
-from voiceclone.text import (
+from voiceclone.frontend.text import (
     COSYVOICE3_SPECIALS,
     EN_MARKS,
     ZH_MARKS,
@@ -185,7 +185,7 @@ def test_markup_and_empty_texts_pass_unchanged():
 def test_normalisers_load_only_when_a_text_needs_them():
     script = (
         "import sys\n"
-        "from voiceclone import text\n"
+        "from voiceclone.frontend import text\n"
         "heavy = lambda: sorted(m for m in ('wetext', 'kaldifst', 'inflect') if m in sys.modules)\n"
         "print(heavy())\n"
         "text.normalize('No digits here.')\n"

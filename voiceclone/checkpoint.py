@@ -21,16 +21,16 @@ import torch
 import yaml
 
 from voiceclone import hub
-from voiceclone.audio import MelConfig
 from voiceclone.errors import ModelError
 from voiceclone.files import build_folder, first_line
-from voiceclone.frontend import PromptFrontend
+from voiceclone.frontend.features import MelConfig
+from voiceclone.frontend.prompt import PromptFrontend
+from voiceclone.frontend.text import Tokenizer
 from voiceclone.models.dit import DiTConfig
 from voiceclone.models.flow import Flow, FlowConfig
 from voiceclone.models.hift import HiFT, HiFTConfig
 from voiceclone.models.lm import CosyVoice3LM, LMConfig
 from voiceclone.models.qwen2 import Qwen2Config
-from voiceclone.text import Tokenizer
 
 FORMAT_VERSION = 1
 CONVERTED_CONFIG = "voiceclone.json"

@@ -13,7 +13,7 @@ import typer
 
 from voiceclone import __version__
 from voiceclone.errors import UsageError, VoiceCloneError
-from voiceclone.manifest import FORMATS, ManifestErrors
+from voiceclone.io.manifest import FORMATS, ManifestErrors
 
 EXIT_INTERRUPTED = 130
 DEMO_NOTICE = "note: --model demo has random weights: its audio is noise (durations and files are real)"
@@ -204,7 +204,7 @@ def synth(
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Clone the prompt voice for every manifest row into OUT/<id>.wav, with reports."""
-    from voiceclone.manifest import load_manifest
+    from voiceclone.io.manifest import load_manifest
     from voiceclone.synth import Interrupted, SynthOptions, check_options
 
     opts = SynthOptions(

@@ -14,16 +14,16 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from voiceclone.audio import MelConfig
 from voiceclone.checkpoint import BLANK_EN, ModelConfig
 from voiceclone.errors import UsageError
 from voiceclone.files import build_folder
+from voiceclone.frontend.features import MelConfig
+from voiceclone.frontend.text import QWEN2_SPLIT_PATTERN
 from voiceclone.models.dit import DiTConfig
 from voiceclone.models.flow import Flow, FlowConfig
 from voiceclone.models.hift import HiFT, HiFTConfig
 from voiceclone.models.lm import CosyVoice3LM, LMConfig
 from voiceclone.models.qwen2 import Qwen2Config
-from voiceclone.text import QWEN2_SPLIT_PATTERN
 
 DEMO_FORMAT = 2  # bump whenever the demo files change, so cached copies are rebuilt
 DEMO_SEED = 20251

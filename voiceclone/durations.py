@@ -17,11 +17,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voiceclone import audio
 from voiceclone.errors import UsageError
 from voiceclone.files import first_line
-from voiceclone.manifest import load_manifest
-from voiceclone.report import REPORT_JSONL, SUMMARY_JSON, ReportRow, read_report_rows
+from voiceclone.io import audio
+from voiceclone.io.manifest import load_manifest
+from voiceclone.io.report import REPORT_JSONL, SUMMARY_JSON, ReportRow, read_report_rows
 
 SILENT_PEAK = 10 ** (-60 / 20)
 MAX_CLIPPED_FRACTION = 0.001

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from voiceclone import runtime, text
+from voiceclone import runtime
 from voiceclone.errors import VoiceCloneError
 from voiceclone.files import first_line
+from voiceclone.frontend import text
 from voiceclone.models.lm import LMRequest
 from voiceclone.seeds import row_seed
 

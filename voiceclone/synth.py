@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from voiceclone import __version__, audio
+from voiceclone import __version__
 from voiceclone.errors import UsageError
 from voiceclone.files import is_temp_name, sha256_file
-from voiceclone.manifest import Row
-from voiceclone.report import (
+from voiceclone.io import audio
+from voiceclone.io.manifest import Row
+from voiceclone.io.report import (
     JOURNAL,
     REPORT_CSV,
     REPORT_JSONL,

@@ -10,19 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voiceclone.audio import (
-    AudioError,
-    MelConfig,
-    audio_info,
-    kaldi_fbank_cmn,
-    load_mono,
-    matcha_mel,
-    whisper_log_mel,
-)
 from voiceclone.errors import ModelError
 from voiceclone.files import sha256_file
+from voiceclone.frontend.features import MelConfig, kaldi_fbank_cmn, load_mono, matcha_mel, whisper_log_mel
+from voiceclone.io.audio import MAX_PROMPT_SECONDS, AudioError, audio_info
 
-MAX_PROMPT_S = 30.0
 SPEECH_TOKENIZER_FILES = ("speech_tokenizer_v3.onnx", "speech_tokenizer_v2.onnx")
 CAMPPLUS_FILE = "campplus.onnx"
 
@@ -100,8 +92,8 @@ class PromptFrontend:
         """Features of one prompt file; files with identical bytes are computed once (LRU of `cache_size`)."""
         path = Path(path)
         info = audio_info(path)
-        if info.duration_s > MAX_PROMPT_S:
-            raise AudioError(f"{path}: prompt is {info.duration_s:.1f} s long; the limit is {MAX_PROMPT_S:.0f} s")
+        if info.duration_s > MAX_PROMPT_SECONDS:
+            raise AudioError(f"{path}: prompt is {info.duration_s:.1f} s long; the limit is {MAX_PROMPT_SECONDS:.0f} s")
         key = sha256_file(path)
         if key in self._cache:
             self._cache.move_to_end(key)

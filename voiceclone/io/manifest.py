@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from voiceclone import audio
 from voiceclone.errors import ManifestError
 from voiceclone.files import first_line
-from voiceclone.text import is_punctuation_only
+from voiceclone.frontend.text import is_punctuation_only
+from voiceclone.io import audio
 
 FORMATS = ("csv", "tsv", "jsonl", "lst")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".lst": "lst"}
@@ -26,8 +26,6 @@ ALIASES = {"key": "id", "prompt_wav": "prompt_audio", "text": "target_text", "wa
 LST_FIELDS = ("id", "prompt_text", "prompt_audio", "target_text", "reference_audio")
 LST_LAYOUT = "id|prompt_text|prompt_wav|target_text[|reference_wav]"
 
-MIN_PROMPT_RATE = 16000
-MAX_PROMPT_SECONDS = 30.0
 MAX_ID_BYTES = 128
 MAX_SEED = 2**63
 UNSAFE_ID_CHARS = set('/\\<>:"|?*')
@@ -260,10 +258,10 @@ class _AudioChecker:
             return f"unreadable audio ({first_line(e).rsplit(': ', 1)[-1].rstrip('.')[:120]})"
         if info.frames <= 0:
             return "audio has no samples"
-        if is_prompt and info.sample_rate < MIN_PROMPT_RATE:
-            return f"sample rate {info.sample_rate} Hz is under {MIN_PROMPT_RATE} Hz"
-        if is_prompt and info.duration_s > MAX_PROMPT_SECONDS:
-            return f"{info.duration_s:.1f} s is over the {MAX_PROMPT_SECONDS:.0f} s prompt limit"
+        if is_prompt and info.sample_rate < audio.MIN_PROMPT_RATE:
+            return f"sample rate {info.sample_rate} Hz is under {audio.MIN_PROMPT_RATE} Hz"
+        if is_prompt and info.duration_s > audio.MAX_PROMPT_SECONDS:
+            return f"{info.duration_s:.1f} s is over the {audio.MAX_PROMPT_SECONDS:.0f} s prompt limit"
         return None
 
 

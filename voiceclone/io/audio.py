@@ -1,0 +1,106 @@
+"""Wav files with soundfile and numpy: header facts, decoding, atomic writing, and the statistics the report and
+`check-durations` use; the prompt limits every stage checks against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from voiceclone.errors import UsageError
+from voiceclone.files import atomic_write, first_line
+
+MIN_PROMPT_RATE = 16000  # the reference front end refuses prompts sampled below this
+MAX_PROMPT_SECONDS = 30.0  # the speech tokenizer cannot take longer prompts
+SILENCE_DBFS = -50.0  # a 10 ms window whose RMS is below this level counts as silence
+SILENCE_WINDOW_S = 0.010
+CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped
+WAV_SUBTYPES = {"pcm16": "PCM_16", "float": "FLOAT"}
+
+
+class AudioError(UsageError):
+    """An audio file that cannot be read or used (names the file)."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file (nothing decoded)."""
+
+    sample_rate: int
+    frames: int
+    channels: int
+    duration_s: float
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Sample rate, length and channel count from the file header only."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for unreadable files
+        raise AudioError(f"{path}: cannot read audio header: {first_line(exc)}") from exc
+    return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 `(channels, N)` in [-1, 1] (PCM16 becomes x / 32768) and its sample rate."""
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(f"{path}: cannot decode audio: {first_line(exc)}") from exc
+    return np.ascontiguousarray(data.T), sample_rate
+
+
+def write_wav(path: str | Path, wav: np.ndarray, sr: int, fmt: str = "pcm16") -> None:
+    """Write `(N,)` or `(channels, N)` audio atomically (`files.atomic_write`: temp file, fsync, rename).
+
+    `fmt="pcm16"` clips to [-1, 1] and stores round(x * 32767); `fmt="float"` stores float32 as is.
+    """
+    if fmt not in WAV_SUBTYPES:
+        raise UsageError(f"unknown wav format {fmt!r} (expected one of {sorted(WAV_SUBTYPES)})")
+    path = Path(path)
+    frames = np.nan_to_num(np.asarray(wav, dtype=np.float32))
+    frames = frames.T if frames.ndim == 2 else frames
+    if fmt == "pcm16":
+        frames = np.round(np.clip(frames, -1.0, 1.0) * 32767.0).astype(np.int16)
+    atomic_write(path, lambda handle: sf.write(handle, frames, sr, format="WAV", subtype=WAV_SUBTYPES[fmt]))
+
+
+def _silent_windows(mono: np.ndarray, window: int) -> np.ndarray:
+    """One bool per `window` samples (the last window may be shorter): RMS below SILENCE_DBFS."""
+    n_windows = -(-len(mono) // window)
+    padded = np.zeros(n_windows * window, dtype=np.float64)
+    padded[: len(mono)] = mono
+    counts = np.full(n_windows, window, dtype=np.float64)
+    counts[-1] = len(mono) - (n_windows - 1) * window
+    rms = np.sqrt((padded.reshape(n_windows, window) ** 2).sum(axis=1) / counts)
+    return rms < 10.0 ** (SILENCE_DBFS / 20.0)
+
+
+def _run_length(flags: np.ndarray) -> int:
+    """Number of leading True values."""
+    false_at = np.flatnonzero(~flags)
+    return int(false_at[0]) if len(false_at) else len(flags)
+
+
+def audio_stats(wav: np.ndarray, sr: int) -> dict[str, float]:
+    """Duration, peak, leading/trailing silence (10 ms windows below -50 dBFS RMS) and the clipped fraction
+    (|x| >= 0.999) of `(N,)` or `(channels, N)` audio (channels are averaged for the silence measure)."""
+    samples = np.asarray(wav, dtype=np.float64)
+    mono = samples.mean(axis=0) if samples.ndim == 2 else samples
+    n = mono.shape[-1]
+    stats = {"duration_s": n / sr, "peak": 0.0, "leading_silence_s": 0.0, "trailing_silence_s": 0.0}
+    stats["clipped_fraction"] = 0.0
+    if n == 0:
+        return stats
+    window = max(1, round(SILENCE_WINDOW_S * sr))
+    silent = _silent_windows(mono, window)
+    leading = _run_length(silent)
+    trailing = _run_length(silent[::-1])
+    last_window = n - (len(silent) - 1) * window
+    stats["peak"] = float(np.abs(samples).max())
+    stats["leading_silence_s"] = min(leading * window, n) / sr
+    stats["trailing_silence_s"] = (0 if trailing == 0 else (trailing - 1) * window + last_window) / sr
+    stats["clipped_fraction"] = float((np.abs(samples) >= CLIP_LEVEL).mean())
+    return stats
