@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from floors import machine, results_tag
 
-from voiceclone import runtime
-from voiceclone.checkpoint import load_model
-from voiceclone.engine import Engine, EngineSettings, SynthRequest
+from voiceclone.engine import runtime
+from voiceclone.engine.engine import Engine, EngineSettings
+from voiceclone.io.manifest import Row, resolve
+from voiceclone.loading.load import load_model
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE.parent / "examples" / "prompts"
@@ -49,9 +50,9 @@ TARGETS = [
 ]
 
 
-def manifest(rows: int) -> list[SynthRequest]:
-    """`rows` requests of different target lengths sharing one prompt, with fixed seeds."""
-    return [SynthRequest(f"row{i:02d}", *PROMPT, TARGETS[i % len(TARGETS)], seed=1000 + i) for i in range(rows)]
+def manifest(rows: int) -> list[Row]:
+    """`rows` rows of different target lengths sharing one prompt, with fixed seeds, ready for the engine."""
+    return resolve([Row(f"row{i:02d}", *PROMPT, TARGETS[i % len(TARGETS)], seed=1000 + i) for i in range(rows)], 0)
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -60,7 +61,7 @@ def run_one(args: argparse.Namespace) -> dict:
     rt = runtime.resolve_runtime(args.device, args.dtype[0], args.attention, compile=args.compile)
     model = load_model(args.model, rt.device, rt.dtype)
     requests = manifest(args.rows)
-    model.frontend.extract(PROMPT[0])
+    model.prompts.get(PROMPT[0], requests[0].prompt_sha256)
     settings = EngineSettings(batch_size=args.batch_sizes[0], text_frontend=False, window_rows=args.rows)
     engine = Engine(model, settings)
     start = time.perf_counter()

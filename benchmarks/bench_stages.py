@@ -20,10 +20,10 @@ import torch
 from floors import best_seconds, machine, matmul_flops, memory_bandwidth, results_tag
 from torch.utils.flop_counter import FlopCounterMode
 
-from voiceclone import runtime
-from voiceclone.checkpoint import load_model
+from voiceclone.engine import runtime
+from voiceclone.engine.decoding import LMRequest, TokenGenerator
 from voiceclone.frontend import text
-from voiceclone.models.lm import LMRequest
+from voiceclone.loading.load import load_model
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PROMPT = HERE.parent / "examples" / "prompts" / "stella_16k.wav"
@@ -43,13 +43,15 @@ def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int, pr
     text_ids = tokenizer.encode("Benchmarking the decoder.")
     prompt_text_ids = tokenizer.encode(text.assemble_prompt_text(PROMPT_TEXT))
     speech = [int(t) for t in prompt.speech_tokens.tolist()][:prompt_tokens]
+    generator = TokenGenerator(model.lm)
 
     def generate(batch: int, length: int) -> None:
         requests = [LMRequest(text_ids, prompt_text_ids, speech, seed, length, length) for seed in range(batch)]
-        results = model.lm.generate(requests, batch)
+        results = generator.generate(requests, batch)
         assert all(len(r.tokens) == length for r in results), "forced-length decode returned other lengths"
 
-    out = {"prefix_tokens": len(text_ids) + len(prompt_text_ids) + len(speech) + 2, "decode_steps": steps}
+    prefix_tokens = model.lm.prefix_length(len(text_ids), len(prompt_text_ids), len(speech))
+    out = {"prefix_tokens": prefix_tokens, "decode_steps": steps}
     for batch in batch_sizes:
         short = best_seconds(lambda batch=batch: generate(batch, 4), model.device, repeats)
         full = best_seconds(lambda batch=batch: generate(batch, 4 + steps), model.device, repeats)
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace, dtype_name: str) -> dict:
     start = time.perf_counter()
     model = load_model(args.model, rt.device, rt.dtype)
     load_s = time.perf_counter() - start
-    prompt = model.frontend.extract(Path(args.prompt))
+    prompt = model.prompts.frontend.extract(Path(args.prompt))
     bandwidth = memory_bandwidth(rt.device)
     lm = bench_lm(model, prompt, args.batch_sizes, args.decode_steps, args.repeats, args.prompt_tokens)
     step_bytes = weight_bytes_per_step(model.lm)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from voiceclone.runtime import cpu_has_native_bf16
+from voiceclone.models.linear import cpu_has_native_bf16
 
 
 def sync(device: torch.device) -> None:

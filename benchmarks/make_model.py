@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from voiceclone.demo import build_model_dir
+from voiceclone.loading.demo import build_model_dir
 
 
 def main() -> None:

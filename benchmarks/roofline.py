@@ -24,8 +24,8 @@ from bench_stages import weight_bytes_per_step
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from voiceclone.demo import model_config
 from voiceclone.frontend import text
+from voiceclone.loading.demo import model_config
 from voiceclone.models.dit import DiT
 from voiceclone.models.hift import HiFT
 from voiceclone.models.lm import CosyVoice3LM
@@ -202,7 +202,7 @@ def model_costs() -> tuple[ModelCosts, DiT]:
     with torch.device("meta"):
         lm = CosyVoice3LM(config.lm).to(torch.bfloat16)
         dit = DiT(config.flow.dit).to(torch.bfloat16)
-    hift = HiFT(config.hift).to("meta")  # float32, its F0 predictor float64
+    hift = HiFT(config.hift, config.flow).to("meta")  # float32, its F0 predictor float64
     lm_weights = weight_bytes_per_step(lm)
     linears = [m for m in lm.modules() if isinstance(m, nn.Linear)]
     frames = 64
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     projections = [project(costs, dit, row, gpu, b) for row in rows for gpu in GPUS for b in args.batch_sizes]
     result = {
         "label": LABEL,
-        "model": "cosyvoice3 full size (voiceclone.demo.model_config('full')), counted on the meta device",
+        "model": "cosyvoice3 full size (voiceclone.loading.demo.model_config('full')), counted on the meta device",
         "dtypes": {"llm": "bfloat16", "flow": "bfloat16", "vocoder": "float32 convs on TF32 tensor cores"},
         "costs": asdict(costs),
         "rows": [{**asdict(r), "prefix_tokens": r.prefix_tokens, "audio_seconds": r.audio_seconds} for r in rows],

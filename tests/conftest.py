@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from voiceclone.checkpoint import ModelConfig, read_config, read_hyperpyyaml
 from voiceclone.frontend.features import MelConfig
+from voiceclone.loading.config import ModelConfig, read_config
+from voiceclone.loading.hyperpyyaml import read_hyperpyyaml
 from voiceclone.models.conformer import ConformerConfig
 from voiceclone.models.flow2 import Flow2, Flow2Config
 from voiceclone.models.hift import HiFTConfig

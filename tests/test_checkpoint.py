@@ -10,19 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from voiceclone.checkpoint import (
-    CONVERTED_CONFIG,
-    ModelConfig,
-    YamlCall,
-    convert,
-    inspect,
-    load_model,
-    load_pt,
-    load_safetensors,
-    read_config,
-    read_hyperpyyaml,
-)
 from voiceclone.errors import ModelError
+from voiceclone.loading.config import ModelConfig, read_config
+from voiceclone.loading.convert import convert, inspect
+from voiceclone.loading.hyperpyyaml import YamlCall, read_hyperpyyaml
+from voiceclone.loading.layout import CONVERTED_CONFIG, load_pt, load_safetensors
+from voiceclone.loading.load import load_model
 from voiceclone.models.hift import fold_weight_norm
 
 

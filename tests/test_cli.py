@@ -163,9 +163,10 @@ class FakeEngine:
 
     def __init__(self, model, settings):
         self.settings = settings
+        self.stats = {}
 
     def run(self, requests):
-        from voiceclone.engine import SynthResult
+        from voiceclone.engine.engine import SynthResult
 
         for request in requests:
             if FakeEngine.stop_after is not None and len(FakeEngine.requests) == FakeEngine.stop_after:
@@ -186,10 +187,11 @@ class FakeEngine:
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    from voiceclone import checkpoint, engine
+    from voiceclone.engine import engine
+    from voiceclone.loading import load
 
     model = SimpleNamespace(model_id="fake-1", config=SimpleNamespace(sample_rate=24000, token_frame_rate=25))
-    monkeypatch.setattr(checkpoint, "load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(load, "load_model", lambda *args, **kwargs: model)
     monkeypatch.setattr(engine, "Engine", FakeEngine)
     FakeEngine.requests, FakeEngine.stop_after, FakeEngine.stop_by = [], None, "ctrl-c"
     return model

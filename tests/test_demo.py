@@ -12,10 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from voiceclone import demo
-from voiceclone.checkpoint import inspect, load_model, load_pt, read_config
 from voiceclone.errors import UsageError
 from voiceclone.frontend.text import Tokenizer
+from voiceclone.loading import demo
+from voiceclone.loading.config import read_config
+from voiceclone.loading.convert import inspect
+from voiceclone.loading.layout import load_pt
+from voiceclone.loading.load import load_model, resolve_model
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -134,7 +137,7 @@ def test_demo_model_dir_is_cached(tmp_path, monkeypatch):
     stamp = (first / "llm.pt").stat().st_mtime_ns
     assert demo.demo_model_dir() == first and (first / "llm.pt").stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary folders left
-    assert load_model("demo").model_dir == first
+    assert load_model(resolve_model("demo")).model_dir == first
 
 
 def test_demo_model_dir_race_keeps_the_winner(tmp_path, monkeypatch):

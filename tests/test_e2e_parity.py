@@ -15,8 +15,9 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from voiceclone.checkpoint import load_model
-from voiceclone.engine import Engine, EngineSettings, SynthRequest
+from voiceclone.engine.engine import Engine, EngineSettings
+from voiceclone.io.manifest import Row, resolve
+from voiceclone.loading.load import load_model
 
 WAVE_TOL = 1e-3
 
@@ -38,15 +39,15 @@ def model(v3_model_dir: Path):
     return load_model(v3_model_dir, "cpu", torch.float32)
 
 
-def requests_for(cases: list[dict]) -> list[SynthRequest]:
-    return [SynthRequest(c["file"], c["prompt_path"], c["prompt_text"], c["tts_text"], c["seed"]) for c in cases]
+def rows_for(cases: list[dict]) -> list[Row]:
+    return resolve([Row(c["file"], c["prompt_path"], c["prompt_text"], c["tts_text"], c["seed"]) for c in cases], 0)
 
 
 def test_engine_matches_reference(model, cases):
     """All cases in one batch (the CLI test below runs them at batch 1)."""
     batch_size = len(cases)
     settings = EngineSettings(batch_size=batch_size, text_frontend=False)
-    results = {r.id: r for r in Engine(model, settings).run(requests_for(cases))}
+    results = {r.id: r for r in Engine(model, settings).run(rows_for(cases))}
     worst = 0.0
     for case in cases:
         result = results[case["file"]]
@@ -62,17 +63,6 @@ def test_engine_matches_reference(model, cases):
     assert worst <= WAVE_TOL
 
 
-def _synth_available() -> bool:
-    try:
-        from voiceclone import cli  # noqa: F401
-    except ImportError:
-        return False
-    return (
-        "synth" in subprocess.run([sys.executable, "-m", "voiceclone", "--help"], capture_output=True, text=True).stdout
-    )
-
-
-@pytest.mark.skipif(not _synth_available(), reason="voiceclone synth is not there yet")
 def test_synth_cli_matches_reference(tmp_path, v3_model_dir, cases):
     for case in cases:
         shutil.copy(case["prompt_path"], tmp_path / case["prompt_wav"])

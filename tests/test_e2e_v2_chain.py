@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from voiceclone.engine.decoding import LMRequest, TokenGenerator
 from voiceclone.frontend.prompt import PromptFrontend
 from voiceclone.frontend.text import Tokenizer
-from voiceclone.models.lm import LMRequest
 
 MEL_TOL = 1e-4
 WAVE_TOL = 1e-3  # the README's suggestion for the v2 chain: flow + HiFT amplify 2e-6 mel differences
@@ -42,7 +42,7 @@ def test_chain_matches_reference(v2_model_dir, v2_cases, v2_configs, v2_lm, v2_f
         assert bounds == (case["min_len"], case["max_len"])
         prompt_text = tokenizer.encode(case["prompt_text"])  # CosyVoice2 needs no <|endofprompt|>
         requests.append(LMRequest(text, prompt_text, prompt.speech_tokens.tolist(), case["seed"], *bounds))
-    results = v2_lm.generate(requests, batch_size=len(requests))
+    results = TokenGenerator(v2_lm).generate(requests, batch_size=len(requests))
     for result, case in zip(results, cases, strict=True):
         assert result.tokens == case["llm_tokens"][0].tolist() == case["flow_tokens"][0].tolist(), case["file"]
 

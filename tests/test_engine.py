@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from voiceclone.checkpoint import load_model
-from voiceclone.engine import Engine, EngineSettings, SynthRequest, flow_tokens, segment_seed
+from voiceclone.engine.engine import Engine, EngineSettings
 from voiceclone.frontend.text import split_segments
+from voiceclone.io.manifest import Row, resolve
+from voiceclone.loading.load import load_model
+from voiceclone.models.lm import CosyVoice3LM
+from voiceclone.seeds import segment_seed
 
 LONG_TEXT = " ".join(
     f"Sentence number {word} tells a slightly longer story about the weather, the trains and the river."
@@ -42,14 +45,12 @@ def prompts(v3_cases: Path) -> list[tuple[Path, str]]:
     ]
 
 
-def make_rows(prompts, targets: list[str]) -> list[SynthRequest]:
-    return [
-        SynthRequest(f"r{i}", *prompts[i % len(prompts)], target, seed=100 + 7 * i) for i, target in enumerate(targets)
-    ]
+def make_rows(prompts, targets: list[str]) -> list[Row]:
+    return [Row(f"r{i}", *prompts[i % len(prompts)], target, seed=100 + 7 * i) for i, target in enumerate(targets)]
 
 
 def run(model, rows, **settings) -> dict:
-    return {r.id: r for r in Engine(model, EngineSettings(text_frontend=False, **settings)).run(rows)}
+    return {r.id: r for r in Engine(model, EngineSettings(text_frontend=False, **settings)).run(resolve(rows, 0))}
 
 
 def test_batch_size_does_not_change_any_row(model, prompts):
@@ -93,7 +94,7 @@ def test_broken_prompt_fails_alone(model, prompts, tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
     rows = make_rows(prompts, TARGETS[:3])
-    rows.insert(1, SynthRequest("bad", broken, "Hello there.", "Good day.", seed=5))
+    rows.insert(1, Row("bad", broken, "Hello there.", "Good day.", seed=5))
     results = run(model, rows, batch_size=4)
     assert set(results) == {"bad", "r0", "r1", "r2"}
     assert results["bad"].error and "broken.wav" in results["bad"].error and results["bad"].wav is None
@@ -110,7 +111,7 @@ def test_long_text_is_split_into_segments(model, prompts, monkeypatch):
     pieces = split_segments(LONG_TEXT, tokenizer)
     assert len(pieces) >= 2
     (long_row,) = make_rows(prompts, [LONG_TEXT])
-    first_only = SynthRequest("first", long_row.prompt_audio, long_row.prompt_text, pieces[0], long_row.seed)
+    first_only = Row("first", long_row.prompt_audio, long_row.prompt_text, pieces[0], long_row.seed)
     results = run(model, [long_row, first_only], batch_size=2)
     result, first = results["r0"], results["first"]
     assert result.error is None and result.segments == len(pieces)
@@ -123,7 +124,7 @@ def test_long_text_is_split_into_segments(model, prompts, monkeypatch):
 def test_long_prompt_text_short_target_gives_short_clip(model, prompts):
     prompt_path, _ = prompts[0]
     long_prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 12)
-    request = SynthRequest("short", prompt_path, long_prompt, "Yes.", seed=11)
+    request = Row("short", prompt_path, long_prompt, "Yes.", seed=11)
     (result,) = run(model, [request], batch_size=1).values()
     n_target = len(model.tokenizer.encode("Yes."))
     assert result.prompt_text_tokens > 10 * n_target
@@ -135,7 +136,7 @@ def test_long_prompt_text_short_target_gives_short_clip(model, prompts):
 def test_silent_token_rule_and_segment_seeds():
     silent, speech = 2241, 700
     tokens = [speech] + [silent] * 8 + [speech] + [1, 2, 28] + [speech]
-    assert flow_tokens(tokens) == [speech] + [silent] * 5 + [speech, 1, 2, 28, speech]
+    assert CosyVoice3LM.flow_tokens(tokens) == [speech] + [silent] * 5 + [speech, 1, 2, 28, speech]
     assert segment_seed(1234, 0) == 1234
     seeds = {segment_seed(1234, j) for j in range(5)}
     assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
@@ -144,10 +145,10 @@ def test_silent_token_rule_and_segment_seeds():
 def test_text_frontend_and_unspeakable_rows(model, prompts):
     prompt_path, prompt_text = prompts[0]
     rows = [
-        SynthRequest("digits", prompt_path, prompt_text, "I have 2 cats.", seed=3),
-        SynthRequest("dots", prompt_path, prompt_text, "...", seed=4),
+        Row("digits", prompt_path, prompt_text, "I have 2 cats.", seed=3),
+        Row("dots", prompt_path, prompt_text, "...", seed=4),
     ]
-    results = {r.id: r for r in Engine(model, EngineSettings(batch_size=2, text_frontend=True)).run(rows)}
+    results = {r.id: r for r in Engine(model, EngineSettings(batch_size=2, text_frontend=True)).run(resolve(rows, 0))}
     assert results["digits"].error is None
     assert results["digits"].text_tokens == len(model.tokenizer.encode("I have two cats."))
     assert results["dots"].error and "no tokens to speak" in results["dots"].error and results["dots"].wav is None

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
+from voiceclone.files import sha256_file
 from voiceclone.frontend.features import MelConfig
-from voiceclone.frontend.prompt import PromptFrontend
+from voiceclone.frontend.prompt import PromptCache, PromptFrontend
 from voiceclone.io.audio import AudioError
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
@@ -57,14 +58,15 @@ def test_zh_prompt_is_trimmed_two_to_one(frontends, v3_cases):
 
 def test_cache_shares_identical_content(v3_model_dir, v3_cases, tmp_path):
     frontend = PromptFrontend.from_model_dir(v3_model_dir, MelConfig())
+    cache = PromptCache(frontend)
     copy = tmp_path / "renamed.wav"
     shutil.copyfile(v3_cases / "prompt_en.wav", copy)
     calls = []
     original = frontend._compute
     frontend._compute = lambda path, duration: calls.append(path) or original(path, duration)
-    first = frontend.extract(v3_cases / "prompt_en.wav")
-    assert frontend.extract(copy) is first
-    assert frontend.extract(v3_cases / "prompt_zh.wav") is not first
+    first = cache.get(v3_cases / "prompt_en.wav", sha256_file(v3_cases / "prompt_en.wav"))
+    assert cache.get(copy, sha256_file(copy)) is first
+    assert cache.get(v3_cases / "prompt_zh.wav", sha256_file(v3_cases / "prompt_zh.wav")) is not first
     assert len(calls) == 2
 
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from voiceclone.errors import ModelError
-from voiceclone.models.hift import HiFT, HiFTConfig, SineNoiseTable, draw_construction_tables
+from voiceclone.models.flow import FlowConfig
+from voiceclone.models.hift import HiFT, HiFTConfig, SineNoiseTable
 
 E2E_CASES = ["e2e_prompt_en_seed1234", "e2e_prompt_en_seed4321", "e2e_prompt_zh_seed1234", "e2e_prompt_zh_seed4321"]
 
@@ -21,13 +22,18 @@ def config(v3_config) -> HiFTConfig:
 
 
 @pytest.fixture(scope="module")
+def flow_config(v3_config) -> FlowConfig:
+    return v3_config.flow
+
+
+@pytest.fixture(scope="module")
 def official_sd(v3_model_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(v3_model_dir / "hift.pt", weights_only=True, mmap=True)
 
 
 @pytest.fixture(scope="module")
-def hift(config: HiFTConfig, official_sd: dict[str, torch.Tensor]) -> HiFT:
-    model = HiFT(config)
+def hift(config: HiFTConfig, flow_config: FlowConfig, official_sd: dict[str, torch.Tensor]) -> HiFT:
+    model = HiFT(config, flow_config)
     model.load_official_state_dict(official_sd)
     return model.eval()
 
@@ -48,22 +54,18 @@ def test_config_read_from_yaml(config: HiFTConfig):
     assert config.samples_per_frame == 480
 
 
-def test_construction_tables_match_reference(config: HiFTConfig, case: dict, case_json: dict):
-    tables = draw_construction_tables(config)
-    assert torch.equal(tables.rand_ini, case["rand_ini"][0])
-    assert torch.equal(tables.sine_waves[:4096], case["sine_waves_head"])
-    assert torch.equal(tables.uv[:4096], case["uv_head"])
-    assert list(tables.sine_waves.shape) == case_json["sine_waves_shape"][1:]
-    assert tables.sine_waves.double().sum().item() == pytest.approx(case_json["sine_waves_sum_f64"], rel=1e-12)
-    assert tables.uv.double().sum().item() == pytest.approx(case_json["uv_sum_f64"], rel=1e-12)
+def test_noise_table_matches_reference(config: HiFTConfig, flow_config: FlowConfig, case: dict, case_json: dict):
+    """The whole table, drawn lazily to its limit, is the reference's `sine_waves`."""
+    sine_waves = SineNoiseTable(config, flow_config).head(config.noise_samples)
+    assert torch.equal(sine_waves[:4096], case["sine_waves_head"])
+    assert list(sine_waves.shape) == case_json["sine_waves_shape"][1:]
+    assert sine_waves.double().sum().item() == pytest.approx(case_json["sine_waves_sum_f64"], rel=1e-12)
     for row, values in case_json["sine_waves_at"].items():
-        assert tables.sine_waves[int(row)].tolist() == values
-    for row, value in case_json["uv_at"].items():
-        assert tables.uv[int(row)].item() == value
+        assert sine_waves[int(row)].tolist() == values
 
 
-def test_lazy_noise_table_grows_in_draw_order(config: HiFTConfig, case: dict, case_json: dict):
-    table = SineNoiseTable(config)
+def test_lazy_noise_table_grows_in_draw_order(config: HiFTConfig, flow_config: FlowConfig, case: dict, case_json: dict):
+    table = SineNoiseTable(config, flow_config)
     first = table.head(10).clone()
     assert torch.equal(table.head(4096), case["sine_waves_head"])
     assert torch.equal(table.head(10), first)
@@ -72,9 +74,9 @@ def test_lazy_noise_table_grows_in_draw_order(config: HiFTConfig, case: dict, ca
         table.head(config.noise_samples + 1)
 
 
-def test_construction_leaves_global_rng_alone(config: HiFTConfig):
+def test_construction_leaves_global_rng_alone(config: HiFTConfig, flow_config: FlowConfig):
     state = torch.random.get_rng_state()
-    HiFT(config)
+    HiFT(config, flow_config)
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
@@ -121,8 +123,8 @@ def test_batch_rows_equal_batch_one(hift: HiFT, v3_cases: Path, case: dict, fina
         assert (row - alone).abs().max().item() < 1e-5
 
 
-def test_bfloat16_stack_keeps_f0_in_float64(config: HiFTConfig, official_sd: dict, case: dict):
-    model = HiFT(config)
+def test_bfloat16_stack_keeps_f0_in_float64(config: HiFTConfig, flow_config: FlowConfig, official_sd: dict, case: dict):
+    model = HiFT(config, flow_config)
     model.load_official_state_dict(official_sd)
     model.to(torch.bfloat16)
     assert model.compute_dtype == torch.bfloat16
@@ -134,34 +136,22 @@ def test_bfloat16_stack_keeps_f0_in_float64(config: HiFTConfig, official_sd: dic
     assert (speech - case["speech"][0]).abs().max().item() < 0.02
 
 
-def test_legacy_weight_norm_form_loads_the_same_weights(config: HiFTConfig, official_sd: dict, hift: HiFT):
-    renamed = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
-    legacy = {}
-    for key, value in official_sd.items():
-        for new, old in renamed.items():
-            key = key.replace(new, old)
-        legacy["generator." + key] = value
-    assert any(k.endswith(".weight_g") for k in legacy)
-    model = HiFT(config)
-    model.load_official_state_dict(legacy)
-    for (name, a), b in zip(model.state_dict().items(), hift.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-
-
-def test_official_state_dict_round_trip(config: HiFTConfig, official_sd: dict, hift: HiFT):
+def test_official_state_dict_round_trip(config: HiFTConfig, flow_config: FlowConfig, official_sd: dict, hift: HiFT):
     exported = hift.official_state_dict()
     assert list(exported) == list(official_sd)
     for key, value in official_sd.items():
         assert exported[key].dtype == torch.float32
         assert exported[key].shape == value.shape, key
-    model = HiFT(config)
+    model = HiFT(config, flow_config)
     model.load_official_state_dict(exported)
     for (name, a), b in zip(model.state_dict().items(), hift.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), name
 
 
-def test_load_rejects_bad_state_dicts(config: HiFTConfig, official_sd: dict, v3_model_dir: Path):
-    model = HiFT(config)
+def test_load_rejects_bad_state_dicts(
+    config: HiFTConfig, flow_config: FlowConfig, official_sd: dict, v3_model_dir: Path
+):
+    model = HiFT(config, flow_config)
     missing = dict(official_sd)
     del missing["ups.1.bias"]
     with pytest.raises(ModelError, match=r"missing key ups\.1\.bias"):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from voiceclone.checkpoint import read_hyperpyyaml
 from voiceclone.cli import app
 from voiceclone.files import atomic_write_text, is_temp_name, temp_name_for
 from voiceclone.io.report import JOURNAL, REPORT_JSONL
+from voiceclone.loading.hyperpyyaml import read_hyperpyyaml
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

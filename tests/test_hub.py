@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from voiceclone import hub
 from voiceclone.cli import app
 from voiceclone.errors import ModelError
+from voiceclone.loading import hub
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

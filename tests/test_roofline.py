@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from voiceclone.demo import model_config
+from voiceclone.loading.demo import model_config
 from voiceclone.models.dit import DiT
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from voiceclone import attention, runtime
+from voiceclone.engine import cuda, runtime
 from voiceclone.errors import DeviceError, UsageError
+from voiceclone.models import attention
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without CUDA")
 
@@ -76,7 +77,7 @@ def test_threads_and_peak_memory():
         torch.set_num_threads(before)
     assert runtime.set_cpu_threads(None) == before
     assert runtime.peak_memory_bytes(torch.device("cpu")) > 10 * 2**20
-    assert runtime.is_out_of_memory(torch.OutOfMemoryError("x")) and not runtime.is_out_of_memory(RuntimeError("x"))
+    assert cuda.is_out_of_memory(torch.OutOfMemoryError("x")) and not cuda.is_out_of_memory(RuntimeError("x"))
 
 
 @pytest.mark.parametrize("native", [True, False])

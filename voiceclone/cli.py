@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -81,88 +80,6 @@ def _format_option(value: str | None) -> str | None:
     return value
 
 
-class _PlainProgress:
-    """Periodic log lines for logs that are not a terminal (CI)."""
-
-    def __init__(self, every_s: float = 10.0):
-        self.every_s, self.total, self.done, self.failed, self.audio_s = every_s, 0, 0, 0, 0.0
-        self.started = self.last = time.monotonic()
-        self.reused = 0
-
-    def start(self, total: int, reused: int) -> None:
-        self.total, self.done, self.reused = total, reused, reused
-        self.started = self.last = time.monotonic()
-        typer.echo(f"synth: {total} rows, {reused} kept from an earlier run, {total - reused} to do", err=True)
-
-    def row(self, entry) -> None:
-        self.done += 1
-        self.failed += entry.status == "failed"
-        self.audio_s += entry.duration_s or 0.0
-        now = time.monotonic()
-        if now - self.last >= self.every_s or self.done == self.total:
-            self.last = now
-            typer.echo(f"synth: {self.line(now)}", err=True)
-
-    def line(self, now: float) -> str:
-        elapsed = now - self.started
-        made = self.done - self.reused
-        rtf = f"{elapsed / self.audio_s:.2f}" if self.audio_s else "-"
-        eta = f"{elapsed / made * (self.total - self.done):.0f} s" if made else "-"
-        return f"{self.done}/{self.total} rows ({self.failed} failed), {self.audio_s:.1f} s audio, RTF {rtf}, ETA {eta}"
-
-    def close(self) -> None:
-        pass
-
-
-class _RichProgress(_PlainProgress):
-    """A rich progress bar on a terminal: rows, audio seconds, RTF, ETA."""
-
-    def __init__(self):
-        super().__init__()
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("synth"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[audio]} audio, RTF {task.fields[rtf]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.task = None
-
-    def start(self, total: int, reused: int) -> None:
-        self.total, self.done, self.reused = total, reused, reused
-        self.started = time.monotonic()
-        self.progress.start()
-        self.task = self.progress.add_task("synth", total=total, completed=reused, audio="0.0 s", rtf="-")
-
-    def row(self, entry) -> None:
-        self.done += 1
-        self.failed += entry.status == "failed"
-        self.audio_s += entry.duration_s or 0.0
-        rtf = f"{(time.monotonic() - self.started) / self.audio_s:.2f}" if self.audio_s else "-"
-        self.progress.update(self.task, advance=1, audio=f"{self.audio_s:.1f} s", rtf=rtf)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-class _NoProgress(_PlainProgress):
-    def start(self, total: int, reused: int) -> None:
-        pass
-
-    def row(self, entry) -> None:
-        pass
-
-
-def _progress(quiet: bool) -> _PlainProgress:
-    if quiet:
-        return _NoProgress()
-    return _RichProgress() if sys.stderr.isatty() else _PlainProgress()
-
-
 def _demo_notice(loaded) -> None:
     typer.echo(DEMO_NOTICE, err=True)
 
@@ -205,33 +122,37 @@ def synth(
 ) -> None:
     """Clone the prompt voice for every manifest row into OUT/<id>.wav, with reports."""
     from voiceclone.io.manifest import load_manifest
-    from voiceclone.synth import Interrupted, SynthOptions, check_options
+    from voiceclone.progress import progress_for
+    from voiceclone.synth import Interrupted, SynthOptions
 
-    opts = SynthOptions(
-        model=model,
-        out=out,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
-        seed=seed,
-        text_frontend=text_frontend,
-        wav_format=wav_format,
-        resume=resume,
-        force=force,
-        attention=attention,
-        compile=compile,
-        llm_file=llm_file,
-        threads=threads,
-        manifest=str(manifest),
-        allow_download=allow_download,
-    )
-    progress = _progress(quiet)
+    progress = progress_for(quiet)
     try:
-        check_options(opts)
+        opts = SynthOptions(
+            model=model,
+            out=out,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            seed=seed,
+            text_frontend=text_frontend,
+            wav_format=wav_format,
+            resume=resume,
+            force=force,
+            attention=attention,
+            compile=compile,
+            llm_file=llm_file,
+            threads=threads,
+            manifest=str(manifest),
+            allow_download=allow_download,
+        )
         rows = load_manifest(manifest, fmt)
         if dry_run:
-            _dry_run(rows, opts, quiet)
+            from voiceclone.synth import dry_run as dry_run_summary
+
+            summary = dry_run_summary(rows, opts)
+            if not quiet:
+                typer.echo(summary)
             return
         from voiceclone.synth import run_synth
 
@@ -259,31 +180,6 @@ def synth(
         )
     if outcome.failed:
         raise typer.Exit(1)
-
-
-def _dry_run(rows, opts, quiet: bool) -> None:
-    """Check everything a run needs without loading the model, then print what the run would do."""
-    from voiceclone import checkpoint, hub, runtime
-    from voiceclone.synth import existing_outputs, refuse_existing
-
-    rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
-    refuse_existing(opts.out, rows, opts.resume, opts.force)
-    model = opts.model
-    if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
-        model += " (in no local cache: the run downloads it)"
-    elif model != "demo":
-        checkpoint.read_config(model, opts.llm_file)
-    found = existing_outputs(opts.out, rows)
-    if quiet:
-        return
-    prompts = {row.prompt_audio for row in rows}
-    seeded = sum(row.seed is not None for row in rows)
-    refs = sum(row.reference_audio is not None for row in rows)
-    typer.echo(
-        f"dry run: {len(rows)} rows valid ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
-        f"{refs} with reference audio); model {model}; device {rt.device}, "
-        f"dtype {str(rt.dtype).removeprefix('torch.')}; {len(found)} existing outputs in {opts.out}"
-    )
 
 
 @app.command("check-durations")
@@ -335,10 +231,10 @@ def convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
 ) -> None:
     """Convert an official model folder to voiceclone's safetensors layout."""
-    from voiceclone import checkpoint
+    from voiceclone.loading.convert import convert as convert_model
 
     try:
-        checkpoint.convert(src, dst, llm_file=llm_file, overwrite=overwrite)
+        convert_model(src, dst, llm_file=llm_file, overwrite=overwrite)
     except VoiceCloneError as e:
         raise _fail(e) from None
     typer.echo(f"converted {src} -> {dst}")
@@ -352,7 +248,7 @@ def download(
     ),
 ) -> None:
     """Download a model into the Hugging Face (or ModelScope) cache, where `--model ORG/NAME` finds it."""
-    from voiceclone import hub
+    from voiceclone.loading import hub
 
     try:
         model = hub.download(repo_id, source)
@@ -367,10 +263,10 @@ def inspect(
     llm_file: str = typer.Option("llm.pt", help="LLM weights file of an official folder, e.g. llm.rl.pt."),
 ) -> None:
     """Print a model folder's family, config, networks, files and problems as JSON."""
-    from voiceclone import checkpoint
+    from voiceclone.loading.convert import inspect as inspect_model
 
     try:
-        info = checkpoint.inspect(model_dir, llm_file=llm_file)
+        info = inspect_model(model_dir, llm_file=llm_file)
     except VoiceCloneError as e:
         raise _fail(e) from None
     typer.echo(info if isinstance(info, str) else json.dumps(info, indent=2, default=str))

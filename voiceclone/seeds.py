@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-DEFAULT_SEED = 0
-
 
 def row_seed(base_seed: int, row_id: str) -> int:
     """A stable seed in [0, 2**63) from sha256 of the base seed and the row id."""
@@ -16,3 +14,8 @@ def row_seed(base_seed: int, row_id: str) -> int:
 def seed_for(explicit: int | None, base_seed: int, row_id: str) -> int:
     """The seed a row runs with: its explicit `seed` column exactly, else the derived one."""
     return explicit if explicit is not None else row_seed(base_seed, row_id)
+
+
+def segment_seed(row_seed_value: int, index: int) -> int:
+    """The seed of segment `index` of a row: the row seed itself for segment 0, a stable derivation after that."""
+    return row_seed_value if index == 0 else row_seed(row_seed_value, f"segment-{index}")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from voiceclone import __version__
 from voiceclone.errors import UsageError
-from voiceclone.files import is_temp_name, sha256_file
+from voiceclone.files import is_temp_name
 from voiceclone.io import audio
-from voiceclone.io.manifest import Row
+from voiceclone.io.manifest import Row, resolve
 from voiceclone.io.report import (
     JOURNAL,
     REPORT_CSV,
@@ -33,14 +33,13 @@ from voiceclone.io.report import (
     write_report,
     write_summary,
 )
-from voiceclone.seeds import seed_for
 
 RUN_FILES = (REPORT_JSONL, REPORT_CSV, SUMMARY_JSON, JOURNAL)
 
 
 @dataclass
 class SynthOptions:
-    """Everything `voiceclone synth` was asked to do besides the rows."""
+    """Everything `voiceclone synth` was asked to do besides the rows; checked on construction (UsageError)."""
 
     model: str
     out: Path
@@ -60,12 +59,28 @@ class SynthOptions:
     manifest: str = ""
     allow_download: bool = False
 
+    def __post_init__(self) -> None:
+        """Flag combinations and values that are wrong before anything else happens."""
+        if self.resume and self.force:
+            raise UsageError(
+                "--resume and --force exclude each other: --resume keeps finished rows, --force redoes all"
+            )
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_batch_tokens < 1:
+            raise UsageError(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}")
+        if self.wav_format not in audio.WAV_SUBTYPES:
+            raise UsageError(f"--wav-format must be one of {', '.join(audio.WAV_SUBTYPES)}, got {self.wav_format!r}")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
+
 
 @dataclass
 class SynthOutcome:
+    """The report rows of a finished (or interrupted) run and its summary."""
+
     rows: list[ReportRow]
     summary: dict
-    interrupted: bool = False
 
     @property
     def failed(self) -> int:
@@ -78,20 +93,6 @@ class Interrupted(Exception):
     def __init__(self, outcome: SynthOutcome):
         super().__init__("interrupted")
         self.outcome = outcome
-
-
-def check_options(opts: SynthOptions) -> None:
-    """Flag combinations and values that are wrong before anything else happens."""
-    if opts.resume and opts.force:
-        raise UsageError("--resume and --force exclude each other: --resume keeps finished rows, --force redoes all")
-    if opts.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if opts.max_batch_tokens < 1:
-        raise UsageError(f"--max-batch-tokens must be at least 1, got {opts.max_batch_tokens}")
-    if opts.wav_format not in audio.WAV_SUBTYPES:
-        raise UsageError(f"--wav-format must be one of {', '.join(audio.WAV_SUBTYPES)}, got {opts.wav_format!r}")
-    if not 0 <= opts.seed < 2**63:
-        raise UsageError(f"--seed must be in [0, 2**63), got {opts.seed}")
 
 
 def existing_outputs(out: Path, rows: list[Row]) -> list[str]:
@@ -115,9 +116,8 @@ def refuse_existing(out: Path, rows: list[Row], resume: bool, force: bool) -> No
         raise UsageError(f"{out}: already holds outputs ({shown}); pass --resume to continue or --force to overwrite")
 
 
-def prepare_out_dir(out: Path, rows: list[Row], resume: bool, force: bool) -> None:
-    """Refuse existing outputs (see refuse_existing), create `out`, and clear temp files of killed runs."""
-    refuse_existing(out, rows, resume, force)
+def make_out_dir(out: Path) -> None:
+    """Create `out` and clear temp files of killed runs (after `refuse_existing` said the run may write there)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -211,6 +211,30 @@ def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: 
     return entry
 
 
+def dry_run(rows: list[Row], opts: SynthOptions) -> str:
+    """Check everything a run needs without loading the model (device, existing outputs, the model folder's config);
+    returns the one-line summary of what the run would do."""
+    from voiceclone.engine import runtime
+    from voiceclone.loading import config, hub
+
+    rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
+    refuse_existing(opts.out, rows, opts.resume, opts.force)
+    model = opts.model
+    if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
+        model += " (in no local cache: the run downloads it)"
+    elif model != "demo":
+        config.read_config(model, opts.llm_file)
+    found = existing_outputs(opts.out, rows)
+    prompts = {row.prompt_audio for row in rows}
+    seeded = sum(row.seed is not None for row in rows)
+    refs = sum(row.reference_audio is not None for row in rows)
+    return (
+        f"dry run: {len(rows)} rows valid ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
+        f"{refs} with reference audio); model {model}; device {rt.device}, "
+        f"dtype {str(rt.dtype).removeprefix('torch.')}; {len(found)} existing outputs in {opts.out}"
+    )
+
+
 def run_synth(
     rows: list[Row],
     opts: SynthOptions,
@@ -218,34 +242,31 @@ def run_synth(
     on_row: Callable[[ReportRow], None] = lambda row: None,
     on_model: Callable[[object], None] = lambda model: None,
 ) -> SynthOutcome:
-    """Synthesise every row not already done; write wavs, the reports and the summary. Raises Interrupted on Ctrl-C."""
-    from voiceclone import checkpoint, hub, runtime
-    from voiceclone.engine import Engine, EngineSettings, SynthRequest
+    """Synthesise every row not already done; write wavs, the reports and the summary. Raises Interrupted on Ctrl-C.
+
+    Order of checks: device (runtime), existing outputs, model; `opts.out` is created only after the model loaded."""
+    from voiceclone.engine import engine, runtime
+    from voiceclone.loading import load
 
     started = time.perf_counter()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    check_options(opts)
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
     runtime.set_cpu_threads(opts.threads)
     refuse_existing(opts.out, rows, opts.resume, opts.force)
-    hub.resolve(opts.model, allow_download=opts.allow_download)
-    model = checkpoint.load_model(opts.model, rt.device, rt.dtype, opts.llm_file)
+    model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
+    model = load.load_model(model_dir, rt.device, rt.dtype, opts.llm_file)
     if rt.compile:
         runtime.compile_model(model)
-    prepare_out_dir(opts.out, rows, opts.resume, opts.force)
+    make_out_dir(opts.out)
     on_model(model)
     dtype_name = str(rt.dtype).removeprefix("torch.")
     settings = output_settings(opts, dtype_name)
-    prompt_hashes: dict[Path, str] = {}
-    seeds: dict[str, int] = {}
-    fingerprints: dict[str, str] = {}
-    for row in rows:
-        if row.prompt_audio not in prompt_hashes:
-            prompt_hashes[row.prompt_audio] = sha256_file(row.prompt_audio)
-        seeds[row.id] = seed_for(row.seed, opts.seed, row.id)
-        fingerprints[row.id] = row_fingerprint(
-            prompt_hashes[row.prompt_audio], row.prompt_text, row.target_text, seeds[row.id], model.model_id, settings
-        )
+    rows = resolve(rows, opts.seed)
+    by_id = {row.id: row for row in rows}
+    fingerprints = {
+        row.id: row_fingerprint(row.prompt_sha256, row.prompt_text, row.target_text, row.seed, model.model_id, settings)
+        for row in rows
+    }
     done = reusable_rows(opts.out, fingerprints) if opts.resume else {}
     if not opts.resume:
         (opts.out / JOURNAL).unlink(missing_ok=True)
@@ -254,18 +275,17 @@ def run_synth(
     for row in todo:
         (opts.out / f"{row.id}.wav").unlink(missing_ok=True)  # never leave an old wav beside a new report entry
     on_start(len(rows), len(done))
-    engine = Engine(
+    runner = engine.Engine(
         model,
-        EngineSettings(
+        engine.EngineSettings(
             batch_size=opts.batch_size, max_batch_tokens=opts.max_batch_tokens, text_frontend=opts.text_frontend
         ),
     )
-    requests = (SynthRequest(r.id, r.prompt_audio, r.prompt_text, r.target_text, seeds[r.id]) for r in todo)
     journal = Journal(opts.out / JOURNAL)
     interrupted = False
     try:
-        for result in engine.run(requests):
-            entry = _report_row(result, seeds[result.id], fingerprints[result.id], opts.out, opts.wav_format)
+        for result in runner.run(todo):
+            entry = _report_row(result, by_id[result.id].seed, fingerprints[result.id], opts.out, opts.wav_format)
             journal.append(entry)
             done[entry.id] = entry
             on_row(entry)
@@ -276,7 +296,7 @@ def run_synth(
         remove_temp_files(opts.out)
     report_rows = [
         done.get(row.id)
-        or ReportRow(id=row.id, status="skipped", error="interrupted before this row finished", seed=seeds[row.id])
+        or ReportRow(id=row.id, status="skipped", error="interrupted before this row finished", seed=row.seed)
         for row in rows
     ]
     run = {
@@ -284,7 +304,7 @@ def run_synth(
         "model": opts.model,
         "model_id": model.model_id,
         "sample_rate": model.config.sample_rate,
-        "token_frame_rate": getattr(model.config, "token_frame_rate", 25),
+        "token_frame_rate": model.config.token_frame_rate,
         "device": str(rt.device),
         "dtype": dtype_name,
         "attention": opts.attention,
@@ -294,7 +314,7 @@ def run_synth(
         "seed": opts.seed,
         "text_frontend": opts.text_frontend,
         "wav_format": opts.wav_format,
-        "peak_memory_bytes": getattr(engine, "stats", {}).get("peak_memory_bytes"),
+        "peak_memory_bytes": runner.stats.get("peak_memory_bytes"),
         "interrupted": interrupted,
         "started": started_at,
         "voiceclone_version": __version__,
@@ -303,7 +323,7 @@ def run_synth(
     write_report(opts.out, report_rows)
     write_summary(opts.out, summary)
     (opts.out / JOURNAL).unlink(missing_ok=True)
-    outcome = SynthOutcome(report_rows, summary, interrupted)
+    outcome = SynthOutcome(report_rows, summary)
     if interrupted:
         raise Interrupted(outcome)
     return outcome

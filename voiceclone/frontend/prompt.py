@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from voiceclone.errors import ModelError
-from voiceclone.files import sha256_file
 from voiceclone.frontend.features import MelConfig, kaldi_fbank_cmn, load_mono, matcha_mel, whisper_log_mel
 from voiceclone.io.audio import MAX_PROMPT_SECONDS, AudioError, audio_info
 
@@ -61,7 +60,7 @@ class _OnnxModel:
 
 
 class PromptFrontend:
-    """Prompt wav -> `PromptFeatures` (speech tokens, 2:1-trimmed mel, CAM++ embedding), cached by file content."""
+    """Prompt wav -> `PromptFeatures` (speech tokens, 2:1-trimmed mel, CAM++ embedding)."""
 
     def __init__(
         self,
@@ -70,15 +69,12 @@ class PromptFrontend:
         mel: MelConfig,
         token_mel_ratio: int = 2,
         threads: int | None = None,
-        cache_size: int = 512,
     ):
         threads = threads or max(1, min(4, os.cpu_count() or 1))
         self.speech_tokenizer = _OnnxModel(speech_tokenizer_onnx, threads)
         self.campplus = _OnnxModel(campplus_onnx, threads)
         self.mel_config = mel
         self.token_mel_ratio = token_mel_ratio
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, PromptFeatures] = OrderedDict()
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, mel: MelConfig, **kwargs) -> PromptFrontend:
@@ -89,20 +85,12 @@ class PromptFrontend:
         return cls(tokenizer, model_dir / CAMPPLUS_FILE, mel, **kwargs)
 
     def extract(self, path: str | Path) -> PromptFeatures:
-        """Features of one prompt file; files with identical bytes are computed once (LRU of `cache_size`)."""
+        """Features of one prompt file."""
         path = Path(path)
         info = audio_info(path)
         if info.duration_s > MAX_PROMPT_SECONDS:
             raise AudioError(f"{path}: prompt is {info.duration_s:.1f} s long; the limit is {MAX_PROMPT_SECONDS:.0f} s")
-        key = sha256_file(path)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        features = self._compute(path, info.duration_s)
-        self._cache[key] = features
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return features
+        return self._compute(path, info.duration_s)
 
     def _compute(self, path: Path, duration_s: float) -> PromptFeatures:
         wav16 = load_mono(path, 16000)
@@ -129,3 +117,29 @@ class PromptFrontend:
         fbank = kaldi_fbank_cmn(wav16k)
         out = self.campplus.run(fbank.unsqueeze(0).numpy().astype(np.float32))
         return torch.from_numpy(np.asarray(out, dtype=np.float32).reshape(-1).copy())
+
+
+class PromptCache:
+    """The one prompt-feature cache: features by the prompt file's sha256 (`Row.prompt_sha256`), so files with
+    identical bytes are extracted once (LRU of `size`). A prompt that failed fails every row that uses it, without
+    being extracted again."""
+
+    def __init__(self, frontend: PromptFrontend, size: int = 512):
+        self.frontend, self.size = frontend, size
+        self._entries: OrderedDict[str, PromptFeatures | Exception] = OrderedDict()
+
+    def get(self, path: Path, sha256: str) -> PromptFeatures:
+        """The features of the prompt file at `path`, whose content digest is `sha256`."""
+        if sha256 in self._entries:
+            self._entries.move_to_end(sha256)
+        else:
+            try:
+                self._entries[sha256] = self.frontend.extract(path)
+            except Exception as exc:  # one broken prompt fails the rows that use it, nothing else
+                self._entries[sha256] = exc
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        entry = self._entries[sha256]
+        if isinstance(entry, Exception):
+            raise entry
+        return entry

@@ -6,14 +6,15 @@ import csv
 import json
 import os
 import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from voiceclone.errors import ManifestError
-from voiceclone.files import first_line
+from voiceclone.files import first_line, sha256_file
 from voiceclone.frontend.text import is_punctuation_only
 from voiceclone.io import audio
+from voiceclone.seeds import seed_for
 
 FORMATS = ("csv", "tsv", "jsonl", "lst")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".lst": "lst"}
@@ -35,15 +36,18 @@ csv.field_size_limit(1 << 24)
 
 @dataclass(frozen=True)
 class Row:
-    """One validated manifest row; paths are resolved against the manifest's folder."""
+    """One row, from the manifest to the engine. `load_manifest` makes it validated, with paths resolved against the
+    manifest's folder and `seed` the row's own seed column (or None); `resolve` makes it ready to run: `seed` the seed
+    it runs with and `prompt_sha256` the digest of its prompt file."""
 
     id: str
     prompt_audio: Path
     prompt_text: str
     target_text: str
-    reference_audio: Path | None = None
     seed: int | None = None
+    reference_audio: Path | None = None
     line: int = 0
+    prompt_sha256: str | None = None
 
 
 class ManifestErrors(ManifestError):
@@ -362,3 +366,16 @@ def load_manifest(path: str | Path, fmt: str | None = None, check_audio: bool = 
     if not rows:
         raise ManifestErrors([ManifestError(name, None, None, "no rows")])
     return rows
+
+
+def resolve(rows: Iterable[Row], base_seed: int) -> list[Row]:
+    """The rows as the engine takes them: each with the seed it runs with (`seeds.seed_for`) and the sha256 of its
+    prompt file (each distinct file is read once)."""
+    digests: dict[Path, str] = {}
+    resolved = []
+    for row in rows:
+        if row.prompt_audio not in digests:
+            digests[row.prompt_audio] = sha256_file(row.prompt_audio)
+        seed = seed_for(row.seed, base_seed, row.id)
+        resolved.append(replace(row, seed=seed, prompt_sha256=digests[row.prompt_audio]))
+    return resolved

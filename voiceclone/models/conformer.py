@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voiceclone.attention import attention
+from voiceclone.models.attention import attention
 from voiceclone.models.flow import PreLookaheadLayer
 
 NORM_EPS = 1e-5

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voiceclone.attention import attention
+from voiceclone.models.attention import attention
+from voiceclone.models.network import PinnedDtype
 
 TIME_FREQ_DIM = 256  # width of the sinusoidal time features
 TIME_SCALE = 1000.0  # flow time t in [0, 1] is scaled by this before the sinusoid
@@ -80,18 +81,14 @@ class InputEmbedding(nn.Module):
         return h + self.conv_pos_embed(h)  # h first: the sum keeps h's time-major layout
 
 
-class RotaryEmbedding(nn.Module):
-    """x-transformers rotary table: interleaved frequency pairs over the first `2 * len(inv_freq)` channels."""
+class RotaryEmbedding(PinnedDtype):
+    """x-transformers rotary table, float32 whatever the model's dtype: interleaved frequency pairs over the first
+    `2 * len(inv_freq)` channels."""
 
     def __init__(self, dim_head: int):
         super().__init__()
-        self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, dim_head, 2).float() / dim_head))
-
-    def _apply(self, fn, recurse=True):
-        inv_freq = self.inv_freq
-        super()._apply(fn, recurse)
-        self.inv_freq = inv_freq.to(self.inv_freq.device)  # stays float32 whatever dtype the model is cast to
-        return self
+        exponents = torch.arange(0, dim_head, 2).float() / dim_head
+        self.register_buffer("inv_freq", 10000.0**-exponents)  # in flow.pt: assigned when loaded
 
     def cos_sin(self, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables (frames, rot_dim), float32; pair (a, b) turns into (a c - b s, b c + a s)."""

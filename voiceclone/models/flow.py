@@ -13,6 +13,7 @@ from torch import nn
 
 from voiceclone.errors import ModelError
 from voiceclone.models.dit import DiT, DiTConfig
+from voiceclone.models.network import PinnedDtype, load_assigned
 
 NOISE_SEED = 0
 ESTIMATOR_PREFIX = "decoder.estimator."
@@ -41,6 +42,14 @@ def fixed_noise(channels: int, frames: int) -> torch.Tensor:
     """The reference's `rand_noise` (1, channels, frames): the first normal draw after seeding 0; built once."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
     return torch.randn(1, channels, frames, generator=generator, device="cpu")  # even under a meta device context
+
+
+class FixedNoise(PinnedDtype):
+    """The solver's starting noise `table` (1, channels, frames), float32 whatever dtype the flow runs in."""
+
+    def __init__(self, channels: int, frames: int):
+        super().__init__()
+        self.register_buffer("table", fixed_noise(channels, frames), persistent=False)
 
 
 def euler_times(n_timesteps: int, t_scheduler: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +124,7 @@ class Flow(nn.Module):
             config.input_size, config.pre_lookahead_channels, config.pre_lookahead_len
         )
         self.estimator = DiT(config.dit)
-        self.noise = fixed_noise(config.output_size, config.noise_frames)  # plain attribute: never cast
+        self.noise = FixedNoise(config.output_size, config.noise_frames)
 
     @torch.inference_mode()
     def inference(
@@ -176,7 +185,7 @@ class Flow(nn.Module):
         batch, frames, _ = mu.shape
         cfg = self.config
         dtype = mu.dtype
-        noise = self.noise[0, :, :frames].T.to(mu.device).expand(batch, -1, -1)
+        noise = self.noise.table[0, :, :frames].T.expand(batch, -1, -1)
         times, steps = euler_times(cfg.n_timesteps, cfg.t_scheduler)
         modulations = self.estimator.modulations(times.to(mu.device))
         mu_in = torch.cat((mu, torch.zeros_like(mu)))
@@ -199,10 +208,14 @@ class Flow(nn.Module):
 
     def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load flow.pt's keys exactly (strict); `ModelError` names the first missing/unexpected/mis-shaped key."""
+        load_assigned(self, self.state_dict_from_official(sd))
+
+    def state_dict_from_official(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Our state dict from flow.pt's keys, checked exactly (see `load_official_state_dict`)."""
         expected = {name: tensor.shape for name, tensor in self.official_state_dict().items()}
         check_keys("flow.pt", expected, sd)
         own = {name: sd[name] for name in expected if not name.startswith(ESTIMATOR_PREFIX)}
         estimator = {n[len(ESTIMATOR_PREFIX) :]: t for n, t in sd.items() if n.startswith(ESTIMATOR_PREFIX)}
         for name, tensor in self.estimator.state_dict_from_official(estimator).items():
             own["estimator." + name] = tensor
-        self.load_state_dict(own, strict=True)
+        return own

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from voiceclone.models.conformer import ConformerConfig, UpsampleConformerEncoder
-from voiceclone.models.flow import ESTIMATOR_PREFIX, check_keys, euler_times, fixed_noise, guided_euler
+from voiceclone.models.flow import ESTIMATOR_PREFIX, FixedNoise, check_keys, euler_times, guided_euler
 from voiceclone.models.unet import CausalUNet, UNetConfig
 
 
@@ -42,7 +42,7 @@ class Flow2(nn.Module):
         self.encoder = UpsampleConformerEncoder(config.encoder)
         self.encoder_proj = nn.Linear(config.encoder.output_size, config.output_size)
         self.estimator = CausalUNet(config.estimator)
-        self.noise = fixed_noise(config.output_size, config.noise_frames)  # plain attribute: never cast
+        self.noise = FixedNoise(config.output_size, config.noise_frames)
 
     @torch.inference_mode()
     def inference(
@@ -93,7 +93,7 @@ class Flow2(nn.Module):
         """Euler solver from the fixed noise with classifier-free guidance; returns x(1) (B, 80, T) float32."""
         batch, _, frames = mu.shape
         cfg = self.config
-        noise = self.noise[:, :, :frames].to(mu.device).expand(batch, -1, -1)
+        noise = self.noise.table[:, :, :frames].expand(batch, -1, -1)
         times, steps = euler_times(cfg.n_timesteps, cfg.t_scheduler)
         times = times.to(mu.device)
         mu_in = torch.cat((mu, torch.zeros_like(mu)))

@@ -12,14 +12,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from voiceclone.errors import ModelError
+from voiceclone.models.flow import FlowConfig
+from voiceclone.models.hift_layers import (
+    F0_LOOK_AHEAD,
+    F0Predictor,
+    PaddedConv1d,
+    ResBlock,
+    UpsampleConv1d,
+    fold_weight_norm,
+)
+from voiceclone.models.network import load_assigned
 
-F0_LOOK_AHEAD = 3  # right-context frames of the F0 predictor's first conv (kernel 4)
 FLOW_NOISE_CHANNELS = 80  # the reference draws the flow's fixed noise as randn(1, 80, frames)
 
 
 @dataclass
 class HiFTConfig:
-    """CausalHiFTGenerator settings from the yaml `hift:` block (plus the flow dims its noise tables depend on)."""
+    """CausalHiFTGenerator settings from the yaml `hift:` block."""
 
     in_channels: int = 80
     base_channels: int = 512
@@ -43,12 +52,6 @@ class HiFTConfig:
     f0_in_channels: int = 80
     f0_cond_channels: int = 512
     noise_samples: int = 7_200_000
-    # yaml `flow:` block: its layers are initialised between the flow noise and the HiFT tables
-    flow_vocab_size: int = 6561
-    flow_input_size: int = 80
-    flow_spk_embed_dim: int = 192
-    flow_output_size: int = 80
-    flow_noise_frames: int = 15000
 
     @property
     def samples_per_frame(self) -> int:
@@ -57,7 +60,7 @@ class HiFTConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Construction-time random tables
+# The construction-time noise table
 
 
 def _consume_uniform(generator: torch.Generator, *shapes: tuple[int, ...]) -> None:
@@ -66,43 +69,22 @@ def _consume_uniform(generator: torch.Generator, *shapes: tuple[int, ...]) -> No
         torch.empty(shape, device="cpu").uniform_(generator=generator)
 
 
-def _generator_at_hift_tables(config: HiFTConfig) -> torch.Generator:
+def _generator_at_hift_tables(config: HiFTConfig, flow: FlowConfig) -> torch.Generator:
     """A CPU generator in the state the reference's global one has when SineGen2 draws `rand_ini`.
 
     The reference seeds 0 in the flow's CFM constructor, draws the flow noise, then default-initialises the flow's
     token embedding and speaker projection and the F0 predictor (weight-normed convs, then the classifier).
     """
     g = torch.Generator(device="cpu").manual_seed(0)
-    torch.randn(1, FLOW_NOISE_CHANNELS, config.flow_noise_frames, generator=g, device="cpu")
-    torch.empty(config.flow_vocab_size, config.flow_input_size, device="cpu").normal_(generator=g)
-    _consume_uniform(g, (config.flow_output_size, config.flow_spk_embed_dim), (config.flow_output_size,))
+    torch.randn(1, FLOW_NOISE_CHANNELS, flow.noise_frames, generator=g, device="cpu")
+    torch.empty(flow.vocab_size, flow.input_size, device="cpu").normal_(generator=g)
+    _consume_uniform(g, (flow.output_size, flow.spk_embed_dim), (flow.output_size,))
     cond = config.f0_cond_channels
     _consume_uniform(g, (cond, config.f0_in_channels, F0_LOOK_AHEAD + 1), (cond,))
     for _ in range(4):
         _consume_uniform(g, (cond, cond, 3), (cond,))
     _consume_uniform(g, (config.f0_num_class, cond), (config.f0_num_class,))
     return g
-
-
-@dataclass
-class ConstructionTables:
-    """The HiFT random tables the reference draws at construction; inference reads only `sine_waves`."""
-
-    rand_ini: Tensor  # (H,) initial phases, first one zero (no effect on the output)
-    sine_waves: Tensor  # (noise_samples, H) U[0,1) noise added to the harmonics
-    uv: Tensor  # (noise_samples,) U[0,1) noise of the unused noise branch
-
-
-def draw_construction_tables(config: HiFTConfig) -> ConstructionTables:
-    """All three tables, bit-exact with the reference (about 0.3 s and 290 MB for the full size)."""
-    g = _generator_at_hift_tables(config)
-    harmonics = config.nb_harmonics + 1
-    rand_ini = torch.rand(harmonics, generator=g, device="cpu")
-    rand_ini[0] = 0.0
-    sine_waves = torch.rand(config.noise_samples, harmonics, generator=g, device="cpu")
-    _consume_uniform(g, (1, harmonics), (1,))  # m_source.l_linear default init
-    uv = torch.rand(config.noise_samples, generator=g, device="cpu")
-    return ConstructionTables(rand_ini, sine_waves, uv)
 
 
 class SineNoiseTable:
@@ -112,11 +94,11 @@ class SineNoiseTable:
     the longest utterance seen (36 bytes per sample) instead of 259 MB up front.
     """
 
-    def __init__(self, config: HiFTConfig):
+    def __init__(self, config: HiFTConfig, flow: FlowConfig):
         self.limit = config.noise_samples
-        self._generator = _generator_at_hift_tables(config)
+        self._generator = _generator_at_hift_tables(config, flow)
         torch.rand(config.nb_harmonics + 1, generator=self._generator, device="cpu")  # rand_ini
-        self._rows = torch.empty(0, config.nb_harmonics + 1)
+        self._rows = torch.empty(0, config.nb_harmonics + 1, device="cpu")  # even under a meta device context
         self._lock = threading.Lock()
 
     def head(self, n: int) -> Tensor:
@@ -126,7 +108,7 @@ class SineNoiseTable:
         with self._lock:
             have = self._rows.shape[0]
             if n > have:
-                rows = torch.empty(min(self.limit, max(n, 2 * have)), self._rows.shape[1])
+                rows = torch.empty(min(self.limit, max(n, 2 * have)), self._rows.shape[1], device="cpu")
                 rows[:have] = self._rows
                 rows[have:].uniform_(generator=self._generator)
                 self._rows = rows
@@ -137,141 +119,34 @@ _noise_tables: dict[tuple, SineNoiseTable] = {}
 _noise_tables_lock = threading.Lock()
 
 
-def sine_noise_table(config: HiFTConfig) -> SineNoiseTable:
-    """The process-wide table for this config (shared by every HiFT whose RNG-relevant dims match)."""
+def sine_noise_table(config: HiFTConfig, flow: FlowConfig) -> SineNoiseTable:
+    """The process-wide table for these configs (shared by every HiFT whose RNG-relevant dims match)."""
     key = (
         config.nb_harmonics,
         config.noise_samples,
         config.f0_num_class,
         config.f0_in_channels,
         config.f0_cond_channels,
-        config.flow_vocab_size,
-        config.flow_input_size,
-        config.flow_spk_embed_dim,
-        config.flow_output_size,
-        config.flow_noise_frames,
+        flow.vocab_size,
+        flow.input_size,
+        flow.spk_embed_dim,
+        flow.output_size,
+        flow.noise_frames,
     )
     with _noise_tables_lock:
         if key not in _noise_tables:
-            _noise_tables[key] = SineNoiseTable(config)
+            _noise_tables[key] = SineNoiseTable(config, flow)
         return _noise_tables[key]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Layers
-
-
-class PaddedConv1d(nn.Conv1d):
-    """Conv1d after zero padding `pad` = (left, right); `weight_normed` marks a weight-norm pair in hift.pt."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        pad: tuple[int, int],
-        stride: int = 1,
-        dilation: int = 1,
-        weight_normed: bool = True,
-        dtype: torch.dtype | None = None,
-    ):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, dtype=dtype)
-        self.pad, self.weight_normed = pad, weight_normed
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, self.pad))
-
-
-class UpsampleConv1d(PaddedConv1d):
-    """Nearest-neighbour upsampling by `factor`, then a left-causal conv."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, factor: int):
-        super().__init__(in_channels, out_channels, kernel_size, pad=(kernel_size - 1, 0))
-        self.factor = factor
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.repeat_interleave(self.factor, dim=2))
-
-
-class Snake(nn.Module):
-    """x + 1/(alpha + 1e-9) * sin(alpha * x)^2 with a per-channel alpha (linear scale)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        alpha = self.alpha[:, None]
-        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
-
-
-class ResBlock(nn.Module):
-    """For each dilation d: x = x + conv2(snake2(conv1_d(snake1(x)))), convs left-causal or (CosyVoice2) centred."""
-
-    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], causal: bool = True):
-        super().__init__()
-        k = kernel_size
-
-        def pad(d: int) -> tuple[int, int]:
-            return (d * (k - 1), 0) if causal else (d * (k - 1) // 2, d * (k - 1) // 2)
-
-        self.convs1 = nn.ModuleList(PaddedConv1d(channels, channels, k, pad=pad(d), dilation=d) for d in dilations)
-        self.convs2 = nn.ModuleList(PaddedConv1d(channels, channels, k, pad=pad(1)) for _ in dilations)
-        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
-        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x (B, C, T); `mask` (B, 1, T) zeroes every conv output past each row's end (x must be zero there)."""
-        layers = zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True)
-        for conv1, conv2, act1, act2 in layers:
-            h = conv1(act1(x))
-            h = conv2(act2(h if mask is None else h * mask))
-            x = x + (h if mask is None else h * mask)
-        return x
-
-
-class F0Predictor(nn.Module):
-    """CausalConvRNNF0Predictor: k4 conv with 3 frames of look-ahead, four left-causal k3 convs, ELU, Linear, abs.
-
-    Not `causal` (CosyVoice2's ConvRNNF0Predictor): five centred k3 convs. Always in `dtype`, weights included:
-    float64 for CosyVoice3 (the reference casts weight norm's g and v to float64 and folds them there), float32 for
-    CosyVoice2 (its reference runs the vocoder in float32).
-    """
-
-    def __init__(self, in_channels: int, cond_channels: int, num_class: int, causal: bool = True, dtype=torch.float64):
-        super().__init__()
-        if causal:
-            first = PaddedConv1d(in_channels, cond_channels, F0_LOOK_AHEAD + 1, pad=(0, F0_LOOK_AHEAD), dtype=dtype)
-        else:
-            first = PaddedConv1d(in_channels, cond_channels, 3, pad=(1, 1), dtype=dtype)
-        layers: list[nn.Module] = [first, nn.ELU()]
-        for _ in range(4):
-            pad = (2, 0) if causal else (1, 1)
-            layers += [PaddedConv1d(cond_channels, cond_channels, 3, pad=pad, dtype=dtype), nn.ELU()]
-        self.condnet = nn.Sequential(*layers)
-        self.classifier = nn.Linear(cond_channels, num_class, dtype=dtype)
-
-    def _apply(self, fn, recurse=True):
-        """Follow device moves (`.to`, `.cuda`, `to_empty`) but never change dtype."""
-
-        def keep_dtype(t: Tensor) -> Tensor:
-            moved = fn(t)
-            return moved if moved.dtype == t.dtype else t.to(moved.device)
-
-        return super()._apply(keep_dtype, recurse)
-
-    def forward(self, mel: Tensor) -> Tensor:
-        """(B, 80, T) -> F0 in Hz (B, T) in the predictor's dtype."""
-        x = self.condnet(mel.to(self.classifier.weight.dtype)).transpose(1, 2)
-        return self.classifier(x).squeeze(-1).abs()
-
-
 class HarmonicSource(nn.Module):
-    """SourceModuleHnNSF with the causal SineGen2: harmonic sines from frame-rate F0 plus fixed noise, tanh(Linear)."""
+    """SourceModuleHnNSF with the causal SineGen2: harmonic sines from frame-rate F0 plus fixed noise, tanh(Linear).
 
-    def __init__(self, config: HiFTConfig):
+    The noise table is drawn on first use (`sine_noise_table(config, flow)`)."""
+
+    def __init__(self, config: HiFTConfig, flow: FlowConfig):
         super().__init__()
-        self.config = config
+        self.config, self.flow = config, flow
         self.l_linear = nn.Linear(config.nb_harmonics + 1, 1)
 
     def forward(self, f0: Tensor) -> Tensor:
@@ -291,18 +166,9 @@ class HarmonicSource(nn.Module):
         w, b = self.l_linear.weight.float(), self.l_linear.bias.float()
         harmonic = F.linear(sines * uv[..., None], w).squeeze(-1)
         n_samples = f0.shape[1] * up
-        noise = F.linear(sine_noise_table(cfg).head(n_samples), w.cpu()).squeeze(-1).to(f0.device)
+        noise = F.linear(sine_noise_table(cfg, self.flow).head(n_samples), w.cpu()).squeeze(-1).to(f0.device)
         merged = harmonic.repeat_interleave(up, dim=1) + noise_amp.repeat_interleave(up, dim=1) * noise
         return torch.tanh(merged + b)
-
-
-def fold_weight_norm(g: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
-    """Effective weight g * v / ||v|| (the norm over all dims but 0) computed in `dtype`.
-
-    Through torch's own weight-norm kernel, which the reference's weight-norm layers call: its float32 result is
-    bit-exact with theirs (recomputing the norm by hand differs in the last bit, which the F0 predictor amplifies).
-    """
-    return torch._weight_norm(v.to(dtype), g.to(dtype).view(-1, *([1] * (v.dim() - 1))), 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -313,15 +179,17 @@ class HiFT(nn.Module):
     """CosyVoice3 CausalHiFTGenerator: mel (80 x T) -> 24 kHz waveform (T * 480 samples).
 
     `.to(dtype)` sets the dtype of the convolution stack (float32, bfloat16 or float16); the F0 predictor stays
-    float64 and the source, STFT and iSTFT run in float32, as in the reference.
+    float64 and the source, STFT and iSTFT run in float32, as in the reference. `flow` is the flow's config: its
+    dimensions decide where the reference's generator stands when it draws the noise table of the source
+    (`HarmonicSource`); a subclass with another source (HiFT2) needs none.
     """
 
-    def __init__(self, config: HiFTConfig):
+    def __init__(self, config: HiFTConfig, flow: FlowConfig | None = None):
         super().__init__()
-        self.config = config
-        with torch.device("meta"):  # no default init: every weight comes from a checkpoint
+        self.config, self.flow = config, flow
+        with torch.device("meta"):  # no default init (no global RNG draw): every weight comes from a checkpoint
             self._build(config)
-        self.to_empty(device="cpu")
+        self.to_empty(device=torch.get_default_device())  # stays on meta when built under torch.device("meta")
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.fill_(1.0 if name.endswith(".alpha") else 0.0)
@@ -330,7 +198,9 @@ class HiFT(nn.Module):
     def _build(self, cfg: HiFTConfig) -> None:
         ch, rates = cfg.base_channels, cfg.upsample_rates
         stft_channels = cfg.istft_n_fft + 2
-        self.m_source = HarmonicSource(cfg)
+        if self.flow is None:
+            raise ValueError("the CosyVoice3 HiFT needs the flow's config (its noise table depends on it)")
+        self.m_source = HarmonicSource(cfg, self.flow)
         look_right = cfg.conv_pre_look_right
         self.conv_pre = PaddedConv1d(cfg.in_channels, ch, look_right + 1, pad=(0, look_right))
         self.ups = nn.ModuleList(
@@ -388,6 +258,10 @@ class HiFT(nn.Module):
 
     def load_official_state_dict(self, sd: dict[str, Tensor]) -> None:
         """Load hift.pt tensors (either weight-norm form, optional `generator.` prefix), folding weight norm; strict."""
+        load_assigned(self, self.state_dict_from_official(sd))
+
+    def state_dict_from_official(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Our state dict from hift.pt's tensors, checked, weight norm folded (see `load_official_state_dict`)."""
         legacy = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
         tensors, origin = {}, {}
         for file_key, value in sd.items():
@@ -409,14 +283,14 @@ class HiFT(nn.Module):
         for key in layout:
             if key not in tensors:
                 raise ModelError(f"hift.pt: missing key {key}")
-        with torch.no_grad():
-            for key, (name, role) in layout.items():
-                if role == "g":
-                    v = tensors[key.replace("original0", "original1")]
-                    weight = fold_weight_norm(tensors[key], v, params[name].dtype)
-                    params[name].copy_(weight)
-                elif role == "tensor":
-                    params[name].copy_(tensors[key])
+        own = {}
+        for key, (name, role) in layout.items():
+            if role == "g":
+                v = tensors[key.replace("original0", "original1")]
+                own[name] = fold_weight_norm(tensors[key], v, params[name].dtype)
+            elif role == "tensor":
+                own[name] = tensors[key]
+        return own
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from voiceclone.models.hift import F0Predictor, HiFT, HiFTConfig, PaddedConv1d, ResBlock
+from voiceclone.models.hift import HiFT, HiFTConfig
+from voiceclone.models.hift_layers import F0Predictor, PaddedConv1d, ResBlock
 
 
 class TransposedConv1d(nn.ConvTranspose1d):

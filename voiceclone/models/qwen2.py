@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voiceclone.attention import attention
 from voiceclone.errors import ModelError
-from voiceclone.runtime import cpu_has_native_bf16
+from voiceclone.models.attention import attention
+from voiceclone.models.linear import Linear
+from voiceclone.models.network import PinnedDtype
 
 
 @dataclass
@@ -50,28 +51,6 @@ class Qwen2Config:
             raise ModelError(f"config.json: head_dim {config['head_dim']} != hidden_size / num_attention_heads")
         return built
 
-    @classmethod
-    def from_name(cls, name: str) -> Qwen2Config:
-        """A named preset (`qwen2-0.5b`: the backbone of CosyVoice2-0.5B and Fun-CosyVoice3-0.5B)."""
-        if name not in PRESETS:
-            raise ModelError(f"unknown Qwen2 preset {name!r} (known: {', '.join(PRESETS)})")
-        return replace(PRESETS[name])
-
-
-PRESETS = {
-    "qwen2-0.5b": Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        intermediate_size=4864,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=32768,
-    )
-}
-
 
 class KVCache(nn.Module):
     """Preallocated keys and values of every layer: (layers, slots, kv_heads, max_seq, head_dim)."""
@@ -98,38 +77,6 @@ class KVCache(nn.Module):
         self.v[layer][rows, :, input_pos] = v.transpose(1, 2)
 
 
-class Linear(nn.Linear):
-    """nn.Linear that, in CPU inference (float32/bfloat16), multiplies through a oneDNN-packed copy of its weight.
-
-    On the 2-core benchmark machine MKL's matrix-vector path reads the weights at ~19 GB/s; the packed oneDNN kernel
-    halves the 0.5B decode step at batch 1 and cuts it ~2.5x at batch 16 (see benchmarks/README.md). The packed copy
-    is made on first use and rebuilt whenever the weight tensor changes (device, dtype, load). oneDNN has bfloat16
-    kernels only on CPUs with native bfloat16 support; elsewhere bfloat16 takes the plain path.
-    """
-
-    _packed: tuple[tuple, Tensor] | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self._use_onednn(x):
-            return super().forward(x)
-        key = (self.weight.data_ptr(), self.weight.dtype, self.weight._version)
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(rows, self._packed[1], self.bias, "none", [], "")
-        return out.view(*x.shape[:-1], self.out_features)
-
-    def _use_onednn(self, x: Tensor) -> bool:
-        return (
-            x.device.type == "cpu"
-            and x.dtype == self.weight.dtype in (torch.float32, torch.bfloat16)
-            and (x.dtype == torch.float32 or cpu_has_native_bf16())
-            and not (torch.is_grad_enabled() and self.weight.requires_grad)
-            and not torch.compiler.is_compiling()
-            and torch.backends.mkldnn.is_available()
-        )
-
-
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32, scaled by a learned weight."""
 
@@ -143,11 +90,20 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def rotary_tables(input_pos: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin (B, T, head_dim) for per-row positions (B, T), split-half layout."""
-    freqs = input_pos[..., None].float() * inv_freq
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+class RotaryEmbedding(PinnedDtype):
+    """Rotary frequencies in float32 (as HF computes them, on the CPU), whatever dtype the backbone runs in."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        dim = config.head_dim
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+        self.register_buffer("inv_freq", 1.0 / (config.rope_theta**exponents), persistent=False)
+
+    def forward(self, input_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin (B, T, head_dim) for per-row positions (B, T), split-half layout."""
+        freqs = input_pos[..., None].float() * self.inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -246,10 +202,7 @@ class Qwen2(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        dim = config.head_dim
-        # float32 on the CPU (as HF computes it) and not a buffer, so that `.to(bfloat16)` cannot round it.
-        exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
-        self.inv_freq = 1.0 / (config.rope_theta**exponents)
+        self.rotary_emb = RotaryEmbedding(config)
 
     def forward(
         self,
@@ -265,9 +218,7 @@ class Qwen2(nn.Module):
         starts at position 0, written into those cache slots), the T inputs attend to themselves (S = T).
         With a cache and `slots=None` the batch is every cache slot in order and attends to the cache's first S keys.
         """
-        if self.inv_freq.device != embeds.device:
-            self.inv_freq = self.inv_freq.to(embeds.device)
-        cos, sin = rotary_tables(input_pos, self.inv_freq, embeds.dtype)
+        cos, sin = self.rotary_emb(input_pos, embeds.dtype)
         x = embeds
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask, cache, slots)

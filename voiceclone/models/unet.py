@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voiceclone.attention import attention
+from voiceclone.models.attention import attention
 
 TIME_SCALE = 1000.0  # flow time t in [0, 1] is scaled by this before the sinusoid
 NORM_EPS = 1e-5

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from voiceclone.attention import set_attention_backend
+from voiceclone.engine import cuda
 from voiceclone.errors import DeviceError, UsageError
 from voiceclone.files import first_line
+from voiceclone.models.attention import set_attention_backend
+from voiceclone.models.linear import cpu_has_native_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,18 +39,18 @@ class Runtime:
 def resolve_device(name: str) -> torch.device:
     """`auto`, `cpu`, `cuda` or `cuda:N`; a CUDA device that is not usable raises `DeviceError`."""
     if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", cuda.current_device()) if cuda.is_available() else torch.device("cpu")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         index_text = name.partition(":")[2]
         if index_text and not index_text.isdigit():
             raise UsageError(f"--device: {name!r} is not cuda:N with a device number N")
-        if not torch.cuda.is_available():
+        if not cuda.is_available():
             raise DeviceError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        index = int(index_text) if index_text else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        index = int(index_text) if index_text else cuda.current_device()
+        if index >= cuda.device_count():
+            raise DeviceError(f"--device {name}: only {cuda.device_count()} CUDA device(s) present")
         return torch.device("cuda", index)
     raise UsageError(f"--device: unknown device {name!r} (choose auto, cpu, cuda or cuda:N)")
 
@@ -56,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`, `float32`, `bfloat16` or `float16` for `device` (see the module docstring for the rules)."""
     on_cuda = device.type == "cuda"
-    bf16_ok = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    bf16_ok = on_cuda and cuda.has_bf16()
     if name == "auto":
         return torch.bfloat16 if bf16_ok else torch.float32
     if name not in DTYPES:
@@ -64,7 +66,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "float16" and not on_cuda:
         raise UsageError("--dtype float16 needs a CUDA device; on the CPU use bfloat16 or float32")
     if name == "bfloat16" and on_cuda and not bf16_ok:
-        raise DeviceError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+        raise DeviceError(f"--dtype bfloat16: {cuda.device_name(device)} has no bfloat16 support")
     if name == "bfloat16" and device.type == "cpu" and not cpu_has_native_bf16():
         print(
             "warning: --dtype bfloat16: this CPU has no native bfloat16 instructions; matmuls are emulated and run "
@@ -72,15 +74,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             file=sys.stderr,
         )
     return DTYPES[name]
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bfloat16 kernels on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); else ATen emulates."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_runtime(
@@ -145,23 +138,12 @@ def _warn_eager(name: str, exc: Exception) -> None:
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory window (CUDA only; the CPU figure is the process lifetime peak RSS)."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        cuda.reset_peak_memory(device)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: max memory allocated since the last reset; CPU: peak resident set size of this process."""
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        return cuda.peak_memory_bytes(device)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for a CUDA (or other accelerator) out-of-memory error."""
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
-def free_cached_memory(device: torch.device) -> None:
-    """Return cached allocator blocks after an out-of-memory error so a smaller retry can fit."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -1,0 +1,160 @@
+"""Model folders on disk: the files of the official release layout and of our converted layout, the model family,
+weight files and JSON read with one-line errors, and the model id `--resume` compares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from voiceclone.errors import ModelError
+from voiceclone.files import first_line
+from voiceclone.loading import hub
+
+FORMAT_VERSION = 1
+CONVERTED_CONFIG = "voiceclone.json"
+BLANK_EN = "CosyVoice-BlankEN"
+TOKENIZER_FILES = ("config.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+OPTIONAL_TOKENIZER_FILES = ("generation_config.json",)
+ONNX_FILES = ("campplus.onnx", "speech_tokenizer_v3.onnx")
+NETWORKS = ("llm", "flow", "hift")
+FAMILY_YAMLS = {"cosyvoice3.yaml": "cosyvoice3", "cosyvoice2.yaml": "cosyvoice2", "cosyvoice.yaml": "cosyvoice1"}
+
+
+def family_of(model_dir: Path) -> str:
+    """The model family named by the directory's yaml (or converted config); unsupported families raise ModelError."""
+    converted = model_dir / CONVERTED_CONFIG
+    if converted.is_file():
+        return read_converted_json(converted)["config"]["family"]
+    found = [family for name, family in FAMILY_YAMLS.items() if (model_dir / name).is_file()]
+    if "cosyvoice3" in found:
+        return "cosyvoice3"
+    if "cosyvoice2" in found:
+        raise ModelError(f"{model_dir / 'cosyvoice2.yaml'}: CosyVoice2 model directories are not supported yet")
+    if "cosyvoice1" in found:
+        raise ModelError(f"{model_dir / 'cosyvoice.yaml'}: CosyVoice1 model directories are not supported")
+    raise ModelError(f"{model_dir}: not a CosyVoice3 model directory (no cosyvoice3.yaml or {CONVERTED_CONFIG})")
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+def strip_file_prefix(exc: Exception) -> str:
+    """The message of an error raised by a network or config loader, without its own short file-name prefix."""
+    return re.sub(r"^[\w.-]+\.(pt|json): ", "", first_line(exc))
+
+
+def load_pt(path: Path) -> dict[str, torch.Tensor]:
+    """A `.pt` state dict, memory-mapped; anything but a readable dict of tensors raises ModelError naming the file."""
+    if not path.is_file():
+        raise ModelError(f"{path}: missing")
+    try:  # files from torch.save are zip archives and can be memory-mapped; legacy pickles cannot
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # torch raises many kinds of error for a truncated or garbled archive
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A `.safetensors` file on the CPU; a missing or garbled file raises ModelError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"{path}: missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
+
+
+def read_converted_json(path: Path) -> dict:
+    data = read_json(path)
+    if data.get("format") != "voiceclone" or data.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: format {data.get('format')!r} version {data.get('format_version')!r} is not "
+            f"voiceclone version {FORMAT_VERSION}; convert the model again"
+        )
+    if "config" not in data:
+        raise ModelError(f"{path}: missing `config`")
+    return data
+
+
+def existing_dir(path: str | Path) -> Path:
+    model_dir = hub.model_dir(path)
+    if not model_dir.exists():
+        raise ModelError(f"{model_dir}: model directory does not exist")
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: not a directory")
+    return model_dir
+
+
+def is_converted(model_dir: Path) -> bool:
+    return (model_dir / CONVERTED_CONFIG).is_file()
+
+
+def _content_id(model_dir: Path, names: list[str], sample: int = 1 << 16) -> str:
+    """A stable id from each file's name, size and three sampled 64 KiB blocks (start, middle, end).
+
+    Copies and touched files keep their id; changed weights change it (without reading gigabytes)."""
+    digest = hashlib.sha256()
+    for name in names:
+        path = model_dir / name
+        size = path.stat().st_size
+        digest.update(f"{name}\0{size}\n".encode())
+        with path.open("rb") as f:
+            for offset in sorted({0, max(0, size // 2 - sample // 2), max(0, size - sample)}):
+                f.seek(offset)
+                digest.update(f.read(sample))
+    return digest.hexdigest()[:16]
+
+
+def network_files(converted: bool, llm_file: str) -> dict[str, str]:
+    if converted:
+        return {name: f"{name}.safetensors" for name in NETWORKS}
+    return {"llm": llm_file, "flow": "flow.pt", "hift": "hift.pt"}
+
+
+def model_id_of(model_dir: Path, llm_file: str = "llm.pt") -> str:
+    """The id `--resume` compares: the source's id for a converted directory, else one from the weight files' stats."""
+    if is_converted(model_dir):
+        data = read_converted_json(model_dir / CONVERTED_CONFIG)
+        return str(data.get("model_id") or _content_id(model_dir, converted_files()))
+    return f"{family_of(model_dir)}-{_content_id(model_dir, official_files(llm_file))}"
+
+
+def official_files(llm_file: str) -> list[str]:
+    return [
+        "cosyvoice3.yaml",
+        llm_file,
+        "flow.pt",
+        "hift.pt",
+        *ONNX_FILES,
+        *(f"{BLANK_EN}/{n}" for n in TOKENIZER_FILES),
+    ]
+
+
+def converted_files() -> list[str]:
+    blank = [f"{BLANK_EN}/{n}" for n in TOKENIZER_FILES]
+    return [CONVERTED_CONFIG, *(f"{n}.safetensors" for n in NETWORKS), *ONNX_FILES, *blank]
+
+
+def check_files(model_dir: Path, names: list[str]) -> None:
+    for name in names:
+        if not (model_dir / name).is_file():
+            raise ModelError(f"{model_dir / name}: missing")

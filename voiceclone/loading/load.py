@@ -1,0 +1,127 @@
+"""Loading a model folder (official release or converted) into a `LoadedModel`.
+
+The networks are built on the meta device and their weights assigned straight from the files (the gpt-fast way):
+nothing is initialised only to be overwritten, and no global RNG is drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from voiceclone.errors import ModelError
+from voiceclone.frontend.prompt import PromptCache, PromptFrontend
+from voiceclone.frontend.text import Tokenizer
+from voiceclone.loading import hub
+from voiceclone.loading.config import ModelConfig, build_networks, converted_config, official_config
+from voiceclone.loading.layout import (
+    BLANK_EN,
+    CONVERTED_CONFIG,
+    check_files,
+    converted_files,
+    existing_dir,
+    family_of,
+    is_converted,
+    load_pt,
+    load_safetensors,
+    model_id_of,
+    network_files,
+    official_files,
+    strip_file_prefix,
+)
+from voiceclone.models.flow import Flow
+from voiceclone.models.hift import HiFT
+from voiceclone.models.lm import CosyVoice3LM
+from voiceclone.models.network import load_assigned
+
+States = dict[str, tuple[Path, dict[str, torch.Tensor]]]  # network name -> (weight file, its tensors)
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: config, text tokenizer, the prompt-feature cache and the three networks on one device."""
+
+    config: ModelConfig
+    tokenizer: Tokenizer
+    prompts: PromptCache
+    lm: CosyVoice3LM
+    flow: Flow
+    hift: HiFT
+    device: torch.device
+    dtype: torch.dtype
+    model_dir: Path
+    model_id: str
+
+
+def resolve_model(name: str | Path, allow_download: bool = False) -> Path:
+    """The folder a `--model` value names: `demo` is the cached demo model (built on first use), `ORG/NAME` a hub
+    model from a local cache (downloaded when allowed; else ModelError with the download command), else a path."""
+    if str(name) == "demo":
+        from voiceclone.loading.demo import demo_model_dir
+
+        return demo_model_dir()
+    found = hub.resolve(name, allow_download=allow_download)
+    return found.path if found is not None else Path(name).expanduser()
+
+
+def read_states(model_dir: Path, llm_file: str) -> tuple[ModelConfig, States, str]:
+    """Config, weight files' tensors (as stored) and model id of an official or converted directory."""
+    if is_converted(model_dir):
+        check_files(model_dir, converted_files())
+        config = converted_config(model_dir / CONVERTED_CONFIG)
+        paths = {name: model_dir / file for name, file in network_files(True, llm_file).items()}
+        states = {name: (path, load_safetensors(path)) for name, path in paths.items()}
+    else:
+        family_of(model_dir)
+        check_files(model_dir, official_files(llm_file))
+        paths = {name: model_dir / file for name, file in network_files(False, llm_file).items()}
+        states = {name: (path, load_pt(path)) for name, path in paths.items()}
+        config = official_config(model_dir, states["llm"][1], paths["llm"])
+    return config, states, model_id_of(model_dir, llm_file)
+
+
+def load_networks(config: ModelConfig, states: States, official: bool) -> dict[str, nn.Module]:
+    """The networks built on the meta device with every weight assigned from `states` (strictly; errors name the
+    file), in eval mode without gradients, on the CPU."""
+    with torch.device("meta"):
+        networks = build_networks(config)
+    for name, module in networks.items():
+        path, state = states[name]
+        try:
+            load_assigned(module, module.state_dict_from_official(state) if official else state)
+        except (ModelError, RuntimeError, KeyError, ValueError) as exc:
+            raise ModelError(f"{path}: {strip_file_prefix(exc)}") from None
+        module.eval().requires_grad_(False)
+    return networks
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    llm_file: str = "llm.pt",
+) -> LoadedModel:
+    """Load an official CosyVoice3 directory or a converted one (see `resolve_model` for `demo`).
+
+    The LM and flow run in `dtype`; the vocoder stays float32 (its F0 path is float64 inside)."""
+    model_dir = existing_dir(path)
+    config, states, model_id = read_states(model_dir, llm_file)
+    networks = load_networks(config, states, official=not is_converted(model_dir))
+    del states
+    device = torch.device(device)
+    frontend = PromptFrontend.from_model_dir(model_dir, config.mel, token_mel_ratio=config.token_mel_ratio)
+    return LoadedModel(
+        config=config,
+        tokenizer=Tokenizer.from_dir(model_dir / BLANK_EN, config.family),
+        prompts=PromptCache(frontend),
+        lm=networks["llm"].to(device=device, dtype=dtype),
+        flow=networks["flow"].to(device=device, dtype=dtype),
+        hift=networks["hift"].to(device=device),
+        device=device,
+        dtype=dtype,
+        model_dir=model_dir,
+        model_id=model_id,
+    )
