@@ -14,6 +14,8 @@ import torchaudio.transforms
 
 from voiceclone.io.audio import MIN_PROMPT_RATE, AudioError, read_audio
 
+FEATURE_RATE = 16000  # whisper log-mel and Kaldi fbank (speech tokenizer, speaker embedding) run at 16 kHz
+
 
 @dataclass
 class MelConfig:
@@ -68,7 +70,7 @@ def whisper_log_mel(wav16k: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
     with torch.no_grad():
         stft = torch.stft(wav16k, n_fft, hop, window=_hann(n_fft), return_complex=True)
         power = stft[..., :-1].abs() ** 2
-        mel = _mel_basis(16000, n_fft, n_mels, 0.0, None) @ power
+        mel = _mel_basis(FEATURE_RATE, n_fft, n_mels, 0.0, None) @ power
         log_spec = torch.clamp(mel, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
         return (log_spec + 4.0) / 4.0
@@ -77,7 +79,7 @@ def whisper_log_mel(wav16k: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
 def kaldi_fbank_cmn(wav16k: torch.Tensor) -> torch.Tensor:
     """80-bin Kaldi fbank (dither 0, other Kaldi defaults) of a 16 kHz wave minus its time mean -> `(T, 80)`."""
     with torch.no_grad():
-        feats = kaldi.fbank(wav16k.reshape(1, -1), num_mel_bins=80, dither=0.0, sample_frequency=16000)
+        feats = kaldi.fbank(wav16k.reshape(1, -1), num_mel_bins=80, dither=0.0, sample_frequency=FEATURE_RATE)
         return feats - feats.mean(dim=0, keepdim=True)
 
 

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from voiceclone.errors import ModelError
-from voiceclone.frontend.features import MelConfig, kaldi_fbank_cmn, load_mono, matcha_mel, whisper_log_mel
+from voiceclone.frontend.features import (
+    FEATURE_RATE,
+    MelConfig,
+    kaldi_fbank_cmn,
+    load_mono,
+    matcha_mel,
+    whisper_log_mel,
+)
 from voiceclone.io.audio import MAX_PROMPT_SECONDS, AudioError, audio_info
 
 SPEECH_TOKENIZER_FILES = ("speech_tokenizer_v3.onnx", "speech_tokenizer_v2.onnx")
@@ -93,7 +100,7 @@ class PromptFrontend:
         return self._compute(path, info.duration_s)
 
     def _compute(self, path: Path, duration_s: float) -> PromptFeatures:
-        wav16 = load_mono(path, 16000)
+        wav16 = load_mono(path, FEATURE_RATE)
         tokens = self.speech_tokens(wav16)
         embedding = self.speaker_embedding(wav16)
         mel = matcha_mel(load_mono(path, self.mel_config.sampling_rate), self.mel_config)[0].T

@@ -36,6 +36,9 @@ from voiceclone.models.hift import HiFT, HiFTConfig
 from voiceclone.models.lm import CosyVoice3LM, LMConfig
 from voiceclone.models.qwen2 import Qwen2Config
 
+# Older voiceclone.json files also carry the flow dimensions in `hift` (now read from `flow`): they are skipped.
+_HIFT_FIELDS = set(HiFTConfig.__dataclass_fields__)
+
 
 @dataclass
 class ModelConfig:
@@ -66,10 +69,6 @@ class ModelConfig:
             hift=HiFTConfig(**{k: _tuples(v) for k, v in data["hift"].items() if k in _HIFT_FIELDS}),
             mel=MelConfig(**data["mel"]),
         )
-
-
-# Older voiceclone.json files also carry the flow dimensions in `hift` (now read from `flow`): they are skipped.
-_HIFT_FIELDS = set(HiFTConfig.__dataclass_fields__)
 
 
 def _tuples(value: Any) -> Any:

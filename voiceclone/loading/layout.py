@@ -41,6 +41,7 @@ def family_of(model_dir: Path) -> str:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a missing or invalid file raises ModelError naming it."""
     if not path.is_file():
         raise ModelError(f"{path}: missing")
     try:
@@ -84,6 +85,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_converted_json(path: Path) -> dict:
+    """`voiceclone.json` of a converted folder, checked to be this format version."""
     data = read_json(path)
     if data.get("format") != "voiceclone" or data.get("format_version") != FORMAT_VERSION:
         raise ModelError(
@@ -96,6 +98,7 @@ def read_converted_json(path: Path) -> dict:
 
 
 def existing_dir(path: str | Path) -> Path:
+    """The folder `path` names (a hub id: its cached folder), checked to exist, or ModelError."""
     model_dir = hub.model_dir(path)
     if not model_dir.exists():
         raise ModelError(f"{model_dir}: model directory does not exist")
@@ -105,6 +108,7 @@ def existing_dir(path: str | Path) -> Path:
 
 
 def is_converted(model_dir: Path) -> bool:
+    """Whether `model_dir` holds our converted layout (else the official one)."""
     return (model_dir / CONVERTED_CONFIG).is_file()
 
 
@@ -125,6 +129,7 @@ def _content_id(model_dir: Path, names: list[str], sample: int = 1 << 16) -> str
 
 
 def network_files(converted: bool, llm_file: str) -> dict[str, str]:
+    """The weight file of each network, by network name."""
     if converted:
         return {name: f"{name}.safetensors" for name in NETWORKS}
     return {"llm": llm_file, "flow": "flow.pt", "hift": "hift.pt"}
@@ -139,6 +144,7 @@ def model_id_of(model_dir: Path, llm_file: str = "llm.pt") -> str:
 
 
 def official_files(llm_file: str) -> list[str]:
+    """Every file an official folder must hold."""
     return [
         "cosyvoice3.yaml",
         llm_file,
@@ -150,11 +156,13 @@ def official_files(llm_file: str) -> list[str]:
 
 
 def converted_files() -> list[str]:
+    """Every file a converted folder must hold."""
     blank = [f"{BLANK_EN}/{n}" for n in TOKENIZER_FILES]
     return [CONVERTED_CONFIG, *(f"{n}.safetensors" for n in NETWORKS), *ONNX_FILES, *blank]
 
 
 def check_files(model_dir: Path, names: list[str]) -> None:
+    """ModelError naming the first of `names` missing from `model_dir`."""
     for name in names:
         if not (model_dir / name).is_file():
             raise ModelError(f"{model_dir / name}: missing")

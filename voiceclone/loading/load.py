@@ -91,7 +91,10 @@ def load_networks(config: ModelConfig, states: States, official: bool) -> dict[s
     for name, module in networks.items():
         path, state = states[name]
         try:
-            load_assigned(module, module.state_dict_from_official(state) if official else state)
+            if official:
+                module.load_official_state_dict(state)
+            else:
+                load_assigned(module, state)
         except (ModelError, RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"{path}: {strip_file_prefix(exc)}") from None
         module.eval().requires_grad_(False)

@@ -1,0 +1,57 @@
+"""The package layout: no import cycle, and the data modules (manifest, audio, report) load without torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchaudio", "librosa", "onnxruntime")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the voiceclone modules it imports, at the top or inside a function."""
+    modules = {}
+    for path in (REPO / "voiceclone").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
+        graph[name] = {dep for dep in deps if dep in modules and dep not in (name, "voiceclone")}
+    return graph
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert "voiceclone.engine.engine" in graph and "voiceclone.io.manifest" in graph
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join(path[path.index(dep) :] + [dep])}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_data_modules_and_the_command_line_load_without_torch():
+    modules = ["voiceclone.io.manifest", "voiceclone.io.audio", "voiceclone.io.report", "voiceclone.cli"]
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
