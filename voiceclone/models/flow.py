@@ -112,7 +112,33 @@ class PreLookaheadLayer(nn.Module):
         return x + h.transpose(1, 2)
 
 
-class Flow(nn.Module):
+class FlowCheckpoint(nn.Module):
+    """flow.pt's key layout, shared by the CosyVoice2 and 3 flows: the `estimator`'s keys (in its own official names)
+    under `decoder.estimator.`, every other key as is."""
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under flow.pt's key names."""
+        official = {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("estimator.")}
+        for name, tensor in self.estimator.official_state_dict().items():
+            official[ESTIMATOR_PREFIX + name] = tensor
+        return official
+
+    def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load flow.pt's keys exactly (strict); `ModelError` names the first missing/unexpected/mis-shaped key."""
+        load_assigned(self, self.state_dict_from_official(sd))
+
+    def state_dict_from_official(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Our state dict from flow.pt's keys, checked exactly (see `load_official_state_dict`)."""
+        expected = {name: tensor.shape for name, tensor in self.official_state_dict().items()}
+        check_keys("flow.pt", expected, sd)
+        own = {name: sd[name] for name in expected if not name.startswith(ESTIMATOR_PREFIX)}
+        estimator = {n[len(ESTIMATOR_PREFIX) :]: t for n, t in sd.items() if n.startswith(ESTIMATOR_PREFIX)}
+        for name, tensor in self.estimator.state_dict_from_official(estimator).items():
+            own["estimator." + name] = tensor
+        return own
+
+
+class Flow(FlowCheckpoint):
     """CausalMaskedDiffWithDiT: speech tokens + prompt mel + speaker embedding -> 80-band log-mel."""
 
     def __init__(self, config: FlowConfig):
@@ -198,24 +224,3 @@ class Flow(nn.Module):
             return self.estimator(x.to(dtype).repeat(2, 1, 1), mask_in, mu_in, modulation, spks_in, cond_in, streaming)
 
         return guided_euler(velocity, noise, steps.to(mu.device), cfg.inference_cfg_rate)
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under flow.pt's key names."""
-        official = {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("estimator.")}
-        for name, tensor in self.estimator.official_state_dict().items():
-            official[ESTIMATOR_PREFIX + name] = tensor
-        return official
-
-    def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Load flow.pt's keys exactly (strict); `ModelError` names the first missing/unexpected/mis-shaped key."""
-        load_assigned(self, self.state_dict_from_official(sd))
-
-    def state_dict_from_official(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Our state dict from flow.pt's keys, checked exactly (see `load_official_state_dict`)."""
-        expected = {name: tensor.shape for name, tensor in self.official_state_dict().items()}
-        check_keys("flow.pt", expected, sd)
-        own = {name: sd[name] for name in expected if not name.startswith(ESTIMATOR_PREFIX)}
-        estimator = {n[len(ESTIMATOR_PREFIX) :]: t for n, t in sd.items() if n.startswith(ESTIMATOR_PREFIX)}
-        for name, tensor in self.estimator.state_dict_from_official(estimator).items():
-            own["estimator." + name] = tensor
-        return own

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from voiceclone.models.conformer import ConformerConfig, UpsampleConformerEncoder
-from voiceclone.models.flow import ESTIMATOR_PREFIX, FixedNoise, check_keys, euler_times, guided_euler
+from voiceclone.models.flow import FixedNoise, FlowCheckpoint, euler_times, guided_euler
 from voiceclone.models.unet import CausalUNet, UNetConfig
 
 
@@ -31,7 +31,7 @@ class Flow2Config:
     estimator: UNetConfig = field(default_factory=UNetConfig)
 
 
-class Flow2(nn.Module):
+class Flow2(FlowCheckpoint):
     """CausalMaskedDiffWithXvec: speech tokens + prompt mel + speaker embedding -> 80-band log-mel."""
 
     def __init__(self, config: Flow2Config):
@@ -106,20 +106,3 @@ class Flow2(nn.Module):
             return self.estimator(x_in, mask_in, mu_in, times[step], spks_in, cond_in, streaming)
 
         return guided_euler(velocity, noise, steps.to(mu.device), cfg.inference_cfg_rate)
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under flow.pt's key names."""
-        official = {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("estimator.")}
-        for name, tensor in self.estimator.official_state_dict().items():
-            official[ESTIMATOR_PREFIX + name] = tensor
-        return official
-
-    def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Load flow.pt's keys exactly (strict); `ModelError` names the first missing/unexpected/mis-shaped key."""
-        expected = {name: tensor.shape for name, tensor in self.official_state_dict().items()}
-        check_keys("flow.pt", expected, sd)
-        own = {name: sd[name] for name in expected if not name.startswith(ESTIMATOR_PREFIX)}
-        estimator = {n[len(ESTIMATOR_PREFIX) :]: t for n, t in sd.items() if n.startswith(ESTIMATOR_PREFIX)}
-        for name, tensor in self.estimator.state_dict_from_official(estimator).items():
-            own["estimator." + name] = tensor
-        self.load_state_dict(own, strict=True)
