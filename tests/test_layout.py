@@ -1,4 +1,4 @@
-"""The package layout: no import cycle, and the data modules (manifest, audio, report) load without torch."""
+"""The package layout: no import cycle; the data modules, the run lifecycle and the CLI load without torch."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_no_import_cycle():
 
 def test_data_modules_and_the_command_line_load_without_torch():
     modules = ["voiceclone.io.manifest", "voiceclone.io.audio", "voiceclone.io.report", "voiceclone.cli"]
+    modules += ["voiceclone.synth", "voiceclone.durations", "voiceclone.progress"]
     code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -95,6 +95,16 @@ class _Row:
     error: str | None = None
 
 
+def _lm_work(seg: _Segment) -> int:
+    """A segment's estimated LLM work: its prefix plus its length bound."""
+    return seg.prefix_len + seg.request.max_len
+
+
+def _flow_length(seg: _Segment) -> int:
+    """A segment's flow length in tokens: its prompt's speech tokens plus its own."""
+    return len(seg.row.prompt.speech_tokens) + len(seg.flow_tokens)
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, VoiceCloneError):
         return str(exc)
@@ -153,8 +163,7 @@ class Engine:
         pending = {id(row): row for row in live if not row.error}
         segments = [segment for row in pending.values() for segment in row.segments]
         s = self.settings
-        length = lambda seg: len(seg.row.prompt.speech_tokens) + len(seg.flow_tokens)  # noqa: E731
-        for group in batching.buckets(segments, length, s.batch_size, s.max_batch_tokens, s.max_padding):
+        for group in batching.buckets(segments, _flow_length, s.batch_size, s.max_batch_tokens, s.max_padding):
             self._synthesise(group)
             for row in {id(seg.row): seg.row for seg in group}.values():
                 if id(row) in pending and (row.error or all(seg.wav is not None for seg in row.segments)):
@@ -191,8 +200,7 @@ class Engine:
     def _generate(self, segments: list[_Segment]) -> None:
         """LLM tokens for every segment: one `TokenGenerator.generate` call per group of `batching.lm_groups`."""
         s, device = self.settings, self.model.device
-        work = lambda seg: seg.prefix_len + seg.request.max_len  # noqa: E731
-        for group, slots in batching.lm_groups(segments, work, s.batch_size, s.max_batch_tokens):
+        for group, slots in batching.lm_groups(segments, _lm_work, s.batch_size, s.max_batch_tokens):
             start = time.perf_counter()
 
             def call(items: list[_Segment], slots: int = slots) -> list:
@@ -222,11 +230,16 @@ class Engine:
             else:
                 ready.append((seg, mel))
         width, s = self.model.config.hift.base_channels, self.settings
-        frames = lambda item: item[1].shape[-1]  # noqa: E731
+
+        def frames(item: tuple[_Segment, torch.Tensor]) -> int:
+            return item[1].shape[-1]
+
+        def vocode(items: list[tuple[_Segment, torch.Tensor]]) -> list[torch.Tensor]:
+            return self.model.hift.inference([mel for _, mel in items])
+
         for batch in batching.vocoder_batches(ready, frames, device, width, s.vocoder_budget, s.max_padding):
             start = time.perf_counter()
-            call = lambda items: self.model.hift.inference([mel for _, mel in items])  # noqa: E731
-            wavs = batching.split_on_failure(call, batch, device)
+            wavs = batching.split_on_failure(vocode, batch, device)
             self._charge([seg for seg, _ in batch], "hift", time.perf_counter() - start, lambda s: len(s.flow_tokens))
             for (seg, _), wav in zip(batch, wavs, strict=True):
                 if isinstance(wav, BaseException):
