@@ -3,7 +3,7 @@
 
 import sys
 
-from voiceclone.cli import app
+from voiceclone.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(app(args=["check-durations", *sys.argv[1:]], prog_name="check_audio_durations.py"))
+    sys.exit(run_command("check-durations", sys.argv[1:], prog_name="check_audio_durations.py"))

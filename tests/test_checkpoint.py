@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from voiceclone.errors import ModelError
+from voiceclone.errors import ModelError, UsageError
 from voiceclone.loading.config import ModelConfig, read_config
 from voiceclone.loading.convert import convert, inspect
 from voiceclone.loading.hyperpyyaml import YamlCall, read_hyperpyyaml
@@ -164,9 +164,17 @@ def test_model_id_follows_content_not_file_dates(v3_model_dir, tmp_path):
 
 def test_inspect_reports_missing_files(v3_model_dir, tmp_path):
     model = link_copy(v3_model_dir, tmp_path / "m", replace=("campplus.onnx", "CosyVoice-BlankEN/model.safetensors"))
-    problems = inspect(model)["problems"]
-    assert any(p.startswith("campplus.onnx: missing") for p in problems)
-    assert any("model.safetensors: missing (only the reference loader" in p for p in problems)
+    report = inspect(model)
+    assert report["problems"] == ["campplus.onnx: missing"]  # BlankEN's model.safetensors is only a note
+    assert any("model.safetensors absent: only the reference's loader needs it" in n for n in report["notes"])
+
+
+def test_inspect_finds_a_cut_weight_file(v3_model_dir, tmp_path):
+    model = link_copy(v3_model_dir, tmp_path / "m", replace=("llm.pt",))
+    (model / "llm.pt").write_bytes((v3_model_dir / "llm.pt").read_bytes()[:5000])
+    report = inspect(model)
+    assert len(report["problems"]) == 1 and report["problems"][0].startswith("llm.pt: not a complete pt file")
+    assert set(report["networks"]) == {"flow", "hift"} and report["model_id"] is None
 
 
 def test_load_pt_refuses_pickled_objects(tmp_path):
@@ -263,7 +271,7 @@ def test_convert_round_trip(official, converted_dir, v3_model_dir):
 
 
 def test_convert_refuses_existing_output_and_leaves_no_temporaries(v3_model_dir, converted_dir):
-    with pytest.raises(ModelError, match="already exists"):
+    with pytest.raises(UsageError, match="already exists; pass --overwrite to replace it"):
         convert(v3_model_dir, converted_dir)
     with pytest.raises(ModelError, match="already a converted directory"):
         convert(converted_dir, converted_dir.parent / "again")

@@ -50,10 +50,10 @@ def test_bad_manifest_exits_2_with_located_lines(tmp_path: Path):
     result = invoke("synth", manifest, "--model", "demo", "--out", tmp_path / "out")
     assert result.exit_code == 2
     assert stderr_lines(result) == [
-        f"{manifest}:3: prompt_audio: file not found: prompts/a.wav",
-        f"{manifest}:4: target_text: empty",
-        f"{manifest}:4: id: duplicate id 'a' (first on line 2)",
-        f"3 problems in {manifest}",
+        f"error: {manifest}:3: prompt_audio: file not found: prompts/a.wav",
+        f"error: {manifest}:4: target_text: empty",
+        f"error: {manifest}:4: id: duplicate id 'a' (first on line 2)",
+        f"error: 3 problems in {manifest}",
     ]
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
@@ -68,7 +68,7 @@ def test_a_target_with_nothing_to_speak_fails_validation_and_the_dry_run(tmp_pat
         result = invoke("synth", manifest, "--model", tmp_path / "no-model", "--out", tmp_path / "out", *extra)
         assert result.exit_code == 2, result.output  # refused before the (missing) model is looked at
         assert stderr_lines(result) == [
-            f"{manifest}:3: target_text: nothing to speak (only punctuation and symbols): ?!"
+            f"error: {manifest}:3: target_text: nothing to speak (only punctuation and symbols): ?!"
         ]
         assert not (tmp_path / "out").exists()
 
@@ -150,6 +150,8 @@ def test_synth_demo_on_the_examples_then_check_durations(tmp_path: Path):
     assert summary["model"] == "demo" and summary["batch_size"] == 3 and summary["device"] == "cpu"
     check = invoke("check-durations", out, "--manifest", EXAMPLES / "manifest.csv", "--junit", tmp_path / "j.xml")
     assert check.exit_code == 0, check.output
+    assert "PASS: 4 rows, 0 failed (0 missing), 0 with warnings" in check.output  # the quickstart passes cleanly
+    assert {r["stop_reason"] for r in report} == {"eos"}
     again = invoke("synth", EXAMPLES / "manifest.jsonl", "--model", "demo", "--out", out)
     assert again.exit_code == 2 and "already holds outputs" in again.output
 
@@ -186,12 +188,23 @@ class FakeEngine:
 
 
 @pytest.fixture
-def fake_model(monkeypatch):
+def fake_model(monkeypatch, tmp_path_factory):
+    """`--model m` is a stand-in: an empty folder with a fixed model id, a config, and `FakeEngine`."""
     from voiceclone.engine import engine
-    from voiceclone.loading import load
+    from voiceclone.loading import config, layout, load
 
+    folder = tmp_path_factory.mktemp("fake-model")
     model = SimpleNamespace(model_id="fake-1", config=SimpleNamespace(sample_rate=24000, token_frame_rate=25))
-    monkeypatch.setattr(load, "load_model", lambda *args, **kwargs: model)
+    model.loads = 0
+
+    def load_model(*args, **kwargs):
+        model.loads += 1
+        return model
+
+    monkeypatch.setattr(load, "resolve_model", lambda name, allow_download=False: folder)
+    monkeypatch.setattr(layout, "model_id_of", lambda model_dir, llm_file="llm.pt": model.model_id)
+    monkeypatch.setattr(load, "load_model", load_model)
+    monkeypatch.setattr(config, "read_config", lambda *args, **kwargs: model.config)
     monkeypatch.setattr(engine, "Engine", FakeEngine)
     FakeEngine.requests, FakeEngine.stop_after, FakeEngine.stop_by = [], None, "ctrl-c"
     return model
@@ -287,3 +300,75 @@ def test_resume_redoes_a_damaged_or_missing_wav(tmp_path: Path, fake_model):
     assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume").exit_code == 0
     assert [r.id for r in FakeEngine.requests] == ["a", "b"]
     assert sf.info(out / "a.wav").frames == 12000 and not left.exists()
+
+
+def test_a_dry_run_checks_every_flag_the_run_checks(tmp_path: Path):
+    for flags, message in [
+        (["--threads", "0"], "error: --threads must be at least 1, got 0"),
+        (["--limit", "0"], "error: --limit must be at least 1, got 0"),
+        (["--ids", "greeting,nobody"], "error: --ids: 1 id(s) not among the 4 rows: 'nobody'"),
+        (["--device", "tpu"], "error: --device: unknown device 'tpu' (choose auto, cpu, cuda or cuda:N)"),
+    ]:
+        for dry in ([], ["--dry-run"]):
+            result = invoke(
+                "synth", EXAMPLES / "manifest.csv", "--model", "demo", "--out", tmp_path / "o", *flags, *dry
+            )
+            assert result.exit_code == 2 and stderr_lines(result) == [message], (flags, dry, result.output)
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_with_resume_counts_the_rows_kept_and_redone(tmp_path: Path, fake_model, v3_model_dir: Path):
+    manifest, out = three_rows(tmp_path), tmp_path / "out"
+    assert invoke("synth", manifest, "--model", v3_model_dir, "--out", out).exit_code == 0
+    manifest.write_text(manifest.read_text().replace("Row b.", "Row b, edited."))
+    (out / "c.wav").unlink()
+    dry = invoke("synth", manifest, "--model", v3_model_dir, "--out", out, "--resume", "--dry-run")
+    assert dry.exit_code == 0 and dry.output.rstrip().endswith("--resume keeps 1 rows and makes 2"), dry.output
+    FakeEngine.requests = []
+    assert invoke("synth", manifest, "--model", v3_model_dir, "--out", out, "--resume").exit_code == 0
+    assert [r.id for r in FakeEngine.requests] == ["b", "c"]  # what the dry run said
+
+
+def test_resuming_a_finished_run_loads_no_model_and_keeps_the_totals(tmp_path: Path, fake_model):
+    manifest, out = three_rows(tmp_path), tmp_path / "out"
+    first = invoke("synth", manifest, "--model", "m", "--out", out)
+    assert first.exit_code == 0 and fake_model.loads == 1
+    before = json.loads((out / "summary.json").read_text())
+    # one RTF: 0.2 s of synthesis per 0.5 s row, in the progress line, the closing line and summary.json
+    assert before["rtf"] == 0.4 and "RTF 0.40, ETA" in first.output and "1.5 s audio, RTF 0.40;" in first.output
+    FakeEngine.requests = []
+    again = invoke("synth", manifest, "--model", "m", "--out", out, "--resume")
+    assert again.exit_code == 0 and fake_model.loads == 1 and FakeEngine.requests == []
+    after = json.loads((out / "summary.json").read_text())
+    assert after["rtf"] == 0.4 and after["reused"] == 3 and after["made"] == 0 and after["ok"] == 3
+    assert (after["audio_seconds"], after["synthesis_seconds"]) == (before["audio_seconds"], 0.6)
+    assert "done: 3 ok, 0 failed, 3 kept from an earlier run; 1.5 s audio, RTF 0.40;" in again.output
+
+
+def test_a_new_text_normaliser_redoes_the_rows(tmp_path: Path, fake_model, monkeypatch):
+    from voiceclone import synth
+
+    manifest, out = three_rows(tmp_path), tmp_path / "out"
+    assert invoke("synth", manifest, "--model", "m", "--out", out).exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["text_frontend"].startswith("wetext-0.1.8+inflect-")
+    monkeypatch.setattr(synth, "frontend_id", lambda enabled: "wetext-9.9" if enabled else "verbatim")
+    FakeEngine.requests = []
+    assert invoke("synth", manifest, "--model", "m", "--out", out, "--resume").exit_code == 0
+    assert sorted(r.id for r in FakeEngine.requests) == ["a", "b", "c"]
+
+
+def test_limit_and_ids_run_a_subset_and_the_summary_says_so(tmp_path: Path, fake_model):
+    manifest, out = three_rows(tmp_path), tmp_path / "out"
+    (tmp_path / "ids.txt").write_text("c\na\n")
+    result = invoke(
+        "synth", manifest, "--model", "m", "--out", out, "--ids", f"@{tmp_path / 'ids.txt'}", "--limit", "1"
+    )
+    assert result.exit_code == 0 and "(a subset: 1 of 3 rows)" in result.output
+    assert [r.id for r in FakeEngine.requests] == ["a"]
+    assert [json.loads(line)["id"] for line in (out / "report.jsonl").read_text().splitlines()] == ["a"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == 1 and summary["subset"] == {"limit": 1, "ids": 2, "of": 3, "rows": 1}
+    # validation still reads the whole manifest: a bad last row stops a run of the first row
+    manifest.write_text(manifest.read_text() + "d|Hi.|prompts/none.wav|Row d.\n")
+    bad = invoke("synth", manifest, "--model", "m", "--out", tmp_path / "o2", "--limit", "1")
+    assert bad.exit_code == 2 and "prompt_audio: file not found" in bad.output

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from voiceclone.cli import app
 from voiceclone.durations import Tolerances, check_durations
 from voiceclone.io.report import ReportRow, write_report, write_summary
+from voiceclone.io.subset import Subset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,3 +156,61 @@ def test_the_old_script_name_runs_the_same_check(tmp_path: Path):
         cwd=REPO,
     )
     assert run.returncode == 1 and "FAIL: 1 rows, 1 failed" in run.stdout, run.stderr
+
+
+def test_a_wav_cut_short_fails_exists_saying_so(tmp_path: Path):
+    out = tmp_path / "out"
+    whole = tone(tmp_path / "whole.wav", 1.0)
+    out.mkdir()
+    (out / "cut.wav").write_bytes(whole.read_bytes()[:1000])  # as `head -c 1000 good.wav > OUT/cut.wav`
+    write_report(out, [ReportRow(id="cut", status="ok")])
+    result = check_durations(out)[0]
+    assert not result.passed
+    assert result.problems() == ["exists: cut short: the header promises 24000 frames, the file holds 478"]
+
+
+def test_a_reference_folder_that_is_not_there_is_a_usage_error(tmp_path: Path):
+    out = tmp_path / "out"
+    tone(out / "a.wav", 1.0)
+    write_report(out, [ReportRow(id="a", status="ok")])
+    result = CliRunner().invoke(app, ["check-durations", str(out), "--reference", "/nonexistent"])
+    assert result.exit_code == 2 and result.output == "error: --reference /nonexistent: not a folder\n"
+
+
+def test_in_a_pipe_the_table_is_plain_ascii_one_line_per_row(tmp_path: Path):
+    out = tmp_path / "out"
+    tone(out / "long.wav", 20.8)
+    tone(out / "a-rather-long-row-id-that-would-wrap-in-a-box.wav", 1.0)
+    tone(tmp_path / "ref" / "long.wav", 4.3)
+    tone(tmp_path / "ref" / "a-rather-long-row-id-that-would-wrap-in-a-box.wav", 1.0)
+    m = manifest(tmp_path, ["long", "a-rather-long-row-id-that-would-wrap-in-a-box"])
+    result = CliRunner().invoke(app, ["check-durations", str(out), "--manifest", str(m)], env={"COLUMNS": "60"})
+    assert result.exit_code == 1 and result.output.isascii()
+    table = result.output.splitlines()
+    assert len(table) == 4 and table[0].split() == [
+        "id",
+        "status",
+        "duration",
+        "reference",
+        "problems",
+        "/",
+        "warnings",
+    ]
+    assert table[1].split()[:3] == ["long", "fail", "20.80"] and "reference: 20.80 s vs reference 4.30 s" in table[1]
+    assert table[2].split()[:3] == ["a-rather-long-row-id-that-would-wrap-in-a-box", "pass", "1.00"]
+    assert table[3] == "FAIL: 2 rows, 1 failed (0 missing), 1 with warnings"
+
+
+def test_limit_and_ids_check_a_subset(tmp_path: Path):
+    out = tmp_path / "out"
+    for row_id in "abc":
+        tone(out / f"{row_id}.wav", 1.0)
+    write_report(out, [ReportRow(id=i, status="ok") for i in "abcd"])  # d has no wav
+    assert [r.id for r in check_durations(out, subset=Subset(limit=2))] == ["a", "b"]
+    (tmp_path / "ids.txt").write_text("c\n\nb\n")
+    base = ["check-durations", str(out), "--quiet"]
+    picked = CliRunner().invoke(app, [*base, "--ids", f"@{tmp_path / 'ids.txt'}"])
+    assert picked.exit_code == 0 and picked.output == "PASS: 2 rows, 0 failed (0 missing), 0 with warnings\n"
+    assert CliRunner().invoke(app, base).exit_code == 1  # d is missing
+    unknown = CliRunner().invoke(app, [*base, "--ids", "a,zz"])
+    assert unknown.exit_code == 2 and unknown.output == "error: --ids: 1 id(s) not among the 4 rows: 'zz'\n"

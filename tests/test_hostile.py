@@ -154,7 +154,7 @@ def test_hostile_model_yaml_exits_3_with_one_line(tmp_path: Path, v3_model_dir: 
         result = invoke(*args)
         problems = lines(result)
         if args[0] == "inspect":
-            assert result.exit_code == 0 and "unreadable HyperPyYAML" in result.output
+            assert result.exit_code == 3 and "unreadable HyperPyYAML" in result.output
         else:
             assert result.exit_code == 3, result.output
             assert len(problems) == 1 and problems[0].startswith(f"error: {yaml_path}: unreadable HyperPyYAML")

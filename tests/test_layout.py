@@ -52,7 +52,53 @@ def test_no_import_cycle():
 
 def test_data_modules_and_the_command_line_load_without_torch():
     modules = ["voiceclone.io.manifest", "voiceclone.io.audio", "voiceclone.io.report", "voiceclone.cli"]
-    modules += ["voiceclone.synth", "voiceclone.durations", "voiceclone.progress"]
+    modules += ["voiceclone.synth", "voiceclone.durations", "voiceclone.progress", "voiceclone.io.subset"]
+    modules += ["voiceclone.loading.layout", "voiceclone.loading.convert"]
     code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+PROBE = """
+import runpy, sys
+heavy, sys.argv = sys.argv[1].split(","), ["voiceclone", *sys.argv[2:]]
+code = 0
+try:
+    runpy.run_module("voiceclone", run_name="__main__")
+except SystemExit as stop:
+    code = stop.code
+print("heavy imports:", sorted(m for m in heavy if m in sys.modules), "exit:", code)
+"""
+
+
+def heavy_imports(*args: str) -> tuple[list[str], int]:
+    """The heavy modules `voiceclone ARGS` imports in a fresh process, and its exit code."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(HEAVY), *args], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("heavy imports: "), done.stdout + done.stderr
+    imported, code = last.removeprefix("heavy imports: ").split(" exit: ")
+    return ast.literal_eval(imported), int(code)
+
+
+def test_light_commands_import_no_model_library(tmp_path: Path, v3_model_dir: Path):
+    """--help, --version, check-durations, the dry run (with --resume too) and inspect of a converted folder start
+    without torch, torchaudio, librosa or onnxruntime; reading an official folder's .pt weights needs torch."""
+    from voiceclone.loading.convert import convert
+
+    converted = convert(v3_model_dir, tmp_path / "converted")
+    manifest = str(REPO / "examples" / "manifest.csv")
+    out = str(tmp_path / "out")
+    for args in [
+        ["--help"],
+        ["--version"],
+        ["synth", "--help"],
+        ["check-durations", str(REPO / "examples" / "reference"), "--manifest", manifest, "--quiet"],
+        ["synth", manifest, "--model", "demo", "--out", out, "--dry-run"],
+        ["synth", manifest, "--model", str(converted), "--out", out, "--dry-run", "--resume"],
+        ["synth", manifest, "--model", str(v3_model_dir), "--out", out, "--dry-run", "--device", "cpu"],
+        ["inspect", str(converted)],
+    ]:
+        assert heavy_imports(*args) == ([], 0), args
+    assert "torch" in heavy_imports("inspect", str(v3_model_dir))[0]

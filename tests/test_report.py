@@ -14,6 +14,7 @@ from voiceclone.io.report import (
     ReportRow,
     read_report_rows,
     row_fingerprint,
+    rtf,
     summarize,
     write_report,
     write_summary,
@@ -63,12 +64,14 @@ def test_jsonl_and_csv_reports(tmp_path: Path):
 
 
 def test_summary(tmp_path: Path):
-    rows = [ok_row("a", 2.0), ok_row("b", 3.0), ReportRow(id="c", status="failed", error="x")]
+    rows = [ok_row("a", 2.0, total=1.5), ok_row("b", 3.0, total=3.0), ReportRow(id="c", status="failed", error="x")]
     summary = summarize(rows, 10.0, {"device": "cpu", "model_id": "m"}, reused=frozenset({"a"}))
     assert summary["rows"] == 3 and summary["ok"] == 2 and summary["failed"] == 1 and summary["skipped"] == 0
-    assert summary["reused"] == 1 and summary["audio_seconds"] == 5.0
-    assert summary["rows_per_second"] == 0.2  # b and c were made in this run
-    assert summary["audio_seconds_per_second"] == 0.3 and summary["rtf"] == round(10 / 3, 4)
+    # over every row of the report, kept (a) or made: audio, synthesis seconds and the one RTF
+    assert summary["reused"] == 1 and summary["audio_seconds"] == 5.0 and summary["synthesis_seconds"] == 4.5
+    assert summary["rtf"] == 0.9 and rtf(rows) == 0.9 and rtf(rows[:1]) == 0.75 == rows[0].rtf
+    # over this run: b and c were made in 10 s
+    assert summary["made"] == 2 and summary["rows_per_second"] == 0.2 and summary["audio_seconds_per_second"] == 0.3
     assert summary["device"] == "cpu"
     write_summary(tmp_path, summary)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary

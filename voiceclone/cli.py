@@ -1,4 +1,8 @@
-"""The `voiceclone` command line: parse flags, call the library, turn errors into one line and an exit code."""
+"""The `voiceclone` command line: parse flags, call the library, turn errors into one line and an exit code.
+
+Only `typer` and the standard library load at import time: `--help`, `--version` and the commands that only read
+files (`check-durations`, `inspect` of a converted folder, `synth --dry-run`) never import torch.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,91 @@ import json
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer._click import exceptions as click_errors
+from typer._click.core import ParameterSource
+from typer.core import TyperCommand, TyperGroup
 
 from voiceclone import __version__
 from voiceclone.errors import UsageError, VoiceCloneError
-from voiceclone.io.manifest import FORMATS, ManifestErrors
 
 EXIT_INTERRUPTED = 130
 DEMO_NOTICE = "note: --model demo has random weights: its audio is noise (durations and files are real)"
+CONFIG_META = "voiceclone.config"  # ctx.meta key: the --config file the defaults came from
+
+
+def one_line_errors(call: Callable[[], Any]) -> int:
+    """Run a click entry point without its standalone error display and return the exit code: every usage error
+    (a bad flag value, a missing argument, an unknown option) is one `error:` line plus one `try:` line, exit 2."""
+    try:
+        result = call()
+    except click_errors.NoArgsIsHelpError as e:
+        typer.echo(e.format_message(), err=True)
+        return e.exit_code
+    except click_errors.UsageError as e:
+        typer.echo(f"error: {_usage_message(e)}", err=True)
+        if e.ctx is not None:
+            typer.echo(f"try: {e.ctx.command_path} --help", err=True)
+        return e.exit_code
+    except click_errors.ClickException as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        return e.exit_code
+    except click_errors.Abort:
+        typer.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    return result if isinstance(result, int) else 0
+
+
+def _usage_message(e: click_errors.UsageError) -> str:
+    """The error on one line; a bad value that came from a --config file names the file and the key."""
+    param = getattr(e, "param", None)
+    ctx = e.ctx
+    if param is not None and ctx is not None and ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
+        key = param.name.replace("_", "-")
+        value = (ctx.default_map or {}).get(param.name)
+        return " ".join(f"{ctx.meta[CONFIG_META]}: {key}: invalid value {value!r}: {e.message}".split())
+    return " ".join(e.format_message().split())
+
+
+class Group(TyperGroup):
+    """The `voiceclone` command group: one-line usage errors (see `one_line_errors`)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        code = one_line_errors(lambda: super(Group, self).main(args, prog_name, complete_var, False, **extra))
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+class Command(TyperCommand):
+    """A command whose help names its arguments as users type them (`MANIFEST`, not `{manifest} <path>`)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [self.options_metavar, *(p.metavar or p.name.upper() for p in self._arguments(ctx))]
+
+    def format_options(self, ctx, formatter) -> None:
+        arguments = [(p.metavar or p.name.upper(), p.help or "") for p in self._arguments(ctx)]
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        options = [p.get_help_record(ctx) for p in self.get_params(ctx) if p.param_type_name == "option"]
+        with formatter.section("Options"):
+            formatter.write_dl([record for record in options if record])
+
+    def _arguments(self, ctx) -> list:
+        return [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
+
 
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Batch zero-shot voice cloning with CosyVoice3 checkpoints.",
 )
 
@@ -39,12 +113,14 @@ def root(
 
 
 def _fail(error: VoiceCloneError) -> typer.Exit:
-    """Print a user error (one line per problem) on stderr and return the Exit carrying its code."""
+    """Print a user error (one `error:` line per problem) on stderr and return the Exit carrying its code."""
+    from voiceclone.io.manifest import ManifestErrors
+
     if isinstance(error, ManifestErrors):
         for problem in error.errors:
-            typer.echo(str(problem), err=True)
+            typer.echo(f"error: {problem}", err=True)
         if len(error.errors) > 1:
-            typer.echo(f"{len(error.errors)} problems in {error.path}", err=True)
+            typer.echo(f"error: {len(error.errors)} problems in {error.path}", err=True)
     else:
         typer.echo(f"error: {error}", err=True)
     return typer.Exit(error.exit_code)
@@ -66,15 +142,25 @@ def _settings_file(ctx: typer.Context, value: Path | None) -> Path | None:
             raise _fail(UsageError(f"{value}: unknown setting {key!r} for `{ctx.command.name}`"))
         defaults[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta[CONFIG_META] = value
     return value
 
 
 CONFIG_OPTION = typer.Option(
-    None, "--config", callback=_settings_file, is_eager=True, help="TOML file of flag defaults (see configs/)."
+    None,
+    "--config",
+    metavar="FILE",
+    callback=_settings_file,
+    is_eager=True,
+    help="TOML file of flag defaults (see configs/).",
 )
+LIMIT_OPTION = typer.Option(None, "--limit", metavar="N", help="Only the first N rows (after --ids).")
+IDS_OPTION = typer.Option(None, "--ids", metavar="IDS", help="Only these rows: a,b,c or @FILE (one id a line).")
 
 
 def _format_option(value: str | None) -> str | None:
+    from voiceclone.io.manifest import FORMATS
+
     if value is not None and value not in FORMATS:
         raise typer.BadParameter(f"choose from {', '.join(FORMATS)}")
     return value
@@ -88,44 +174,41 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-@app.command()
+@app.command(cls=Command, short_help="Clone the voices of a manifest's rows.")
 def synth(
-    manifest: Path = typer.Argument(..., help="CSV/TSV, JSONL or Seed-TTS .lst manifest."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="CSV/TSV, JSONL or Seed-TTS .lst manifest."),
     model: str = typer.Option(
-        ..., "--model", help="Model directory (official or converted), a hub id (ORG/NAME) in a local cache, or `demo`."
+        ..., "--model", metavar="MODEL", help="Official or converted model folder, hub id ORG/NAME, or demo."
     ),
-    out: Path = typer.Option(..., "--out", help="Output folder: <id>.wav, report.jsonl, report.csv, summary.json."),
-    fmt: str | None = typer.Option(None, "--format", callback=_format_option, help="csv, tsv, jsonl or lst."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
-    batch_size: int = typer.Option(8, help="Rows per batch."),
-    max_batch_tokens: int = typer.Option(32768, help="Token budget of one batch (rows x longest row)."),
-    seed: int = typer.Option(0, help="Base seed; a row's seed is derived from it and the row id."),
-    text_frontend: bool = typer.Option(True, help="Normalise texts (off: texts are used verbatim)."),
-    wav_format: str = typer.Option("pcm16", help="pcm16 (16-bit PCM) or float (32-bit float)."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Keep finished rows of an earlier run in --out; redo the rest."
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for <id>.wav and the reports."),
+    fmt: str | None = typer.Option(
+        None, "--format", metavar="FORMAT", callback=_format_option, help="csv, tsv, jsonl or lst."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Validate manifest, audio, model folder and device; load nothing."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
-    attention: str = typer.Option("auto", help="Attention backend: auto, flash, efficient or math."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the networks (falls back to eager)."),
-    llm_file: str = typer.Option("llm.pt", help="LLM weights file in an official folder, e.g. llm.rl.pt."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
-    allow_download: bool = typer.Option(
-        False, "--allow-download", help="Download a hub id that is in no local cache (as `voiceclone download`)."
-    ),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", metavar="DTYPE", help="auto, float32, bfloat16 or float16."),
+    batch_size: int = typer.Option(8, metavar="N", help="Rows per batch."),
+    max_batch_tokens: int = typer.Option(32768, metavar="N", help="Token budget of one batch."),
+    seed: int = typer.Option(0, metavar="N", help="Base seed; each row's seed comes from it and the row id."),
+    text_frontend: bool = typer.Option(True, help="Read numbers aloud (off: texts as written)."),
+    wav_format: str = typer.Option("pcm16", metavar="FORMAT", help="pcm16 or float (32-bit)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep finished rows of an earlier run; redo the rest."),
+    force: bool = typer.Option(False, "--force", help="Overwrite this manifest's outputs in --out."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything, load no model, write nothing."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress and no closing line."),
+    attention: str = typer.Option("auto", metavar="NAME", help="auto, flash, efficient or math."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
+    llm_file: str = typer.Option("llm.pt", metavar="FILE", help="LLM weights of an official folder."),
+    threads: int | None = typer.Option(None, metavar="N", help="CPU threads for torch."),
+    allow_download: bool = typer.Option(False, "--allow-download", help="Download a hub id found in no cache."),
+    limit: int | None = LIMIT_OPTION,
+    ids: str | None = IDS_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Clone the prompt voice for every manifest row into OUT/<id>.wav, with reports."""
+    """Clone each manifest row's prompt voice into DIR/<id>.wav, with reports."""
     from voiceclone.io.manifest import load_manifest
-    from voiceclone.progress import progress_for
-    from voiceclone.synth import Interrupted, SynthOptions
+    from voiceclone.io.subset import Subset, parse_ids
+    from voiceclone.synth import SynthOptions
 
-    progress = progress_for(quiet)
     try:
         opts = SynthOptions(
             model=model,
@@ -145,6 +228,7 @@ def synth(
             threads=threads,
             manifest=str(manifest),
             allow_download=allow_download,
+            subset=Subset(limit, parse_ids(ids)),
         )
         rows = load_manifest(manifest, fmt)
         if dry_run:
@@ -154,83 +238,110 @@ def synth(
             if not quiet:
                 typer.echo(summary)
             return
-        from voiceclone.synth import run_synth
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    _run_synth(rows, opts, quiet)
 
-        previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-        try:
-            on_model = _demo_notice if model == "demo" and not quiet else (lambda loaded: None)
-            outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row, on_model=on_model)
-        finally:
-            progress.close()
-            signal.signal(signal.SIGTERM, previous_handler)
+
+def _run_synth(rows: list, opts, quiet: bool) -> None:
+    """The real run: progress, SIGTERM as Ctrl-C, the closing line, exit 1 when a row failed."""
+    from voiceclone.progress import progress_for
+    from voiceclone.synth import Interrupted, run_synth
+
+    progress = progress_for(quiet)
+    previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        on_model = _demo_notice if opts.model == "demo" and not quiet else (lambda loaded: None)
+        outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row, on_model=on_model)
     except VoiceCloneError as e:
         raise _fail(e) from None
     except Interrupted:
-        typer.echo(f"interrupted: finished rows are kept in {out}; run again with --resume to continue", err=True)
+        typer.echo(f"interrupted: finished rows are kept in {opts.out}; run again with --resume to continue", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    s = outcome.summary
+    finally:
+        progress.close()
+        signal.signal(signal.SIGTERM, previous_handler)
     if not quiet:
-        typer.echo(
-            f"done: {s['ok']} ok, {s['failed']} failed, {s['reused']} kept from an earlier run; "
-            f"{s['audio_seconds']:.1f} s audio in {s['wall_seconds']:.1f} s -> {out}",
-            err=True,
-        )
+        typer.echo(closing_line(outcome.summary, opts.out), err=True)
     if outcome.failed:
         raise typer.Exit(1)
 
 
-@app.command("check-durations")
+def closing_line(s: dict, out: Path) -> str:
+    """`done: ...`: the counts and audio of every row in the report, its RTF, and this run's wall time."""
+    rtf = "-" if s["rtf"] is None else f"{s['rtf']:.2f}"
+    subset = f" (a subset: {s['subset']['rows']} of {s['subset']['of']} rows)" if s.get("subset") else ""
+    return (
+        f"done: {s['ok']} ok, {s['failed']} failed, {s['reused']} kept from an earlier run{subset}; "
+        f"{s['audio_seconds']:.1f} s audio, RTF {rtf}; {s['wall_seconds']:.1f} s wall -> {out}"
+    )
+
+
+@app.command("check-durations", cls=Command, short_help="Check the wavs of a synth run.")
 def check_durations(
-    out: Path = typer.Argument(..., help="The synth output folder."),
-    manifest: Path | None = typer.Option(None, help="Expected rows (default: OUT/report.jsonl)."),
-    fmt: str | None = typer.Option(None, "--format", callback=_format_option, help="Manifest format override."),
-    reference: Path | None = typer.Option(None, help="Folder of reference wavs named <id>.wav."),
-    rel_tol: float = typer.Option(0.2, help="Allowed duration error relative to the reference."),
-    abs_tol: float = typer.Option(0.3, help="Allowed duration error in seconds (the larger of the two applies)."),
-    sample_rate: int | None = typer.Option(None, help="Expected sample rate (default: from summary.json)."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
-    junit: Path | None = typer.Option(None, help="Write JUnit XML to this file."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The synth output folder."),
+    manifest: Path | None = typer.Option(None, metavar="FILE", help="Expected rows (default: OUT/report.jsonl)."),
+    fmt: str | None = typer.Option(
+        None, "--format", metavar="FORMAT", callback=_format_option, help="Manifest format: csv, tsv, jsonl or lst."
+    ),
+    reference: Path | None = typer.Option(None, metavar="DIR", help="Folder of reference wavs named <id>.wav."),
+    rel_tol: float = typer.Option(0.2, metavar="X", help="Allowed duration error relative to the reference."),
+    abs_tol: float = typer.Option(0.3, metavar="SECONDS", help="Allowed duration error (the larger applies)."),
+    sample_rate: int | None = typer.Option(None, metavar="HZ", help="Expected rate (default: from summary.json)."),
+    json_path: Path | None = typer.Option(None, "--json", metavar="FILE", help="Write the results as JSON."),
+    junit: Path | None = typer.Option(None, metavar="FILE", help="Write JUnit XML."),
     quiet: bool = typer.Option(False, "--quiet", help="No table; only the summary line."),
+    limit: int | None = LIMIT_OPTION,
+    ids: str | None = IDS_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Check every expected wav in OUT (present, readable, rate, silence, clipping, duration); exit 0 if all pass."""
-    from rich.console import Console
+    """Check every expected wav in OUT: there, whole, sane, the right length.
 
+    Exit 0 when every row passes, 1 otherwise."""
     from voiceclone import durations
     from voiceclone.files import atomic_write_text
+    from voiceclone.io.subset import Subset, parse_ids
 
-    if rel_tol < 0 or abs_tol < 0:
-        raise _fail(UsageError("--rel-tol and --abs-tol must not be negative"))
     try:
+        if rel_tol < 0 or abs_tol < 0:
+            raise UsageError("--rel-tol and --abs-tol must not be negative")
+        if reference is not None and not reference.is_dir():
+            raise UsageError(f"--reference {reference}: not a folder")
+        subset = Subset(limit, parse_ids(ids))
         tol = durations.Tolerances(rel_tol=rel_tol, abs_tol=abs_tol)
-        results = durations.check_durations(out, manifest, fmt, reference, tol, sample_rate)
+        results = durations.check_durations(out, manifest, fmt, reference, tol, sample_rate, subset)
     except VoiceCloneError as e:
         raise _fail(e) from None
     settings = {"out": str(out), "manifest": str(manifest) if manifest else None}
     settings |= {"reference": str(reference) if reference else None, "rel_tol": rel_tol, "abs_tol": abs_tol}
+    settings |= {"limit": limit, "ids": list(subset.ids) if subset.ids else None}
     if json_path:
         atomic_write_text(json_path, json.dumps(durations.results_json(results, settings), indent=2) + "\n")
     if junit:
         atomic_write_text(junit, durations.junit_xml(results))
     if quiet:
         typer.echo(durations.summary_line(results))
-    else:
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
         durations.render_table(results, Console())
+    else:
+        typer.echo(durations.plain_table(results))
     if not all(r.passed for r in results):
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Convert an official model to safetensors.")
 def convert(
-    src: Path = typer.Argument(..., help="Official CosyVoice3 model folder."),
-    dst: Path = typer.Argument(..., help="New folder for the converted (safetensors) model."),
-    llm_file: str = typer.Option("llm.pt", help="LLM weights file to convert, e.g. llm.rl.pt."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Official CosyVoice3 model folder."),
+    dst: Path = typer.Argument(..., metavar="DST", help="New folder for the converted (safetensors) model."),
+    llm_file: str = typer.Option("llm.pt", metavar="FILE", help="LLM weights file to convert, e.g. llm.rl.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
 ) -> None:
-    """Convert an official model folder to voiceclone's safetensors layout."""
+    """Convert an official model folder to safetensors (loads faster)."""
     from voiceclone.loading.convert import convert as convert_model
 
     try:
@@ -240,14 +351,16 @@ def convert(
     typer.echo(f"converted {src} -> {dst}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Download a model into a hub cache.")
 def download(
-    repo_id: str = typer.Argument(..., help="Hub id, e.g. FunAudioLLM/Fun-CosyVoice3-0.5B-2512."),
+    repo_id: str = typer.Argument(..., metavar="ORG/NAME", help="Hub id, e.g. FunAudioLLM/Fun-CosyVoice3-0.5B-2512."),
     source: str | None = typer.Option(
-        None, "--source", help="hf or modelscope (default: modelscope for iic/..., else hf)."
+        None, "--source", metavar="HUB", help="hf or modelscope (default: modelscope for iic/..., else hf)."
     ),
 ) -> None:
-    """Download a model into the Hugging Face (or ModelScope) cache, where `--model ORG/NAME` finds it."""
+    """Download a model into the Hugging Face or ModelScope cache.
+
+    `--model ORG/NAME` then finds it there."""
     from voiceclone.loading import hub
 
     try:
@@ -257,19 +370,30 @@ def download(
     typer.echo(f"downloaded {repo_id} from {model.source} (revision {model.revision or 'unknown'}) -> {model.path}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Describe a model folder as JSON.")
 def inspect(
-    model_dir: Path = typer.Argument(..., help="Official or converted model folder, or a hub id in a local cache."),
-    llm_file: str = typer.Option("llm.pt", help="LLM weights file of an official folder, e.g. llm.rl.pt."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL", help="Model folder, or a hub id ORG/NAME in a local cache."),
+    llm_file: str = typer.Option("llm.pt", metavar="FILE", help="LLM weights file of an official folder."),
 ) -> None:
-    """Print a model folder's family, config, networks, files and problems as JSON."""
+    """Describe a model folder as JSON; exit 3 when it has a problem.
+
+    Family, format, config, networks, files, problems and notes."""
     from voiceclone.loading.convert import inspect as inspect_model
 
     try:
         info = inspect_model(model_dir, llm_file=llm_file)
     except VoiceCloneError as e:
         raise _fail(e) from None
-    typer.echo(info if isinstance(info, str) else json.dumps(info, indent=2, default=str))
+    typer.echo(json.dumps(info, indent=2, default=str))
+    if info["problems"]:
+        typer.echo(f"error: {len(info['problems'])} problem(s) in {info['path']}: {info['problems'][0]}", err=True)
+        raise typer.Exit(3)
+
+
+def run_command(name: str, args: list[str], prog_name: str) -> int:
+    """Run one command on its own (the old `check_audio_durations.py` script), with one-line usage errors."""
+    command = typer.main.get_command(app).commands[name]
+    return one_line_errors(lambda: command.main(args, prog_name, standalone_mode=False))
 
 
 def main() -> None:

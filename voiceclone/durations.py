@@ -1,7 +1,7 @@
 """`check-durations`: is every expected wav there, readable, sane, and about as long as it should be?
 
 Checks per row (a row fails when any non-warning check fails; a missing row is a failure):
-- `exists`: `<out>/<id>.wav` exists and decodes;
+- `exists`: `<out>/<id>.wav` exists, decodes, and holds every frame its header promises;
 - `sample_rate`: the file's rate equals the run's rate (summary.json, else the row's report entry);
 - `not_silent`: peak at or above -60 dBFS; `not_clipped`: at most 0.1 % of samples at |x| >= 0.999;
 - `reference`: |duration - reference| <= max(rel_tol * reference, abs_tol), the reference wav having the same id;
@@ -22,6 +22,7 @@ from voiceclone.files import first_line
 from voiceclone.io import audio
 from voiceclone.io.manifest import load_manifest
 from voiceclone.io.report import REPORT_JSONL, SUMMARY_JSON, ReportRow, read_report_rows
+from voiceclone.io.subset import Subset
 
 SILENT_PEAK = 10 ** (-60 / 20)
 MAX_CLIPPED_FRACTION = 0.001
@@ -138,8 +139,12 @@ def check_row(
         return result
     try:
         wav, rate = audio.read_audio(wav_path)
+        promised = audio.wav_header_frames(wav_path)
     except Exception as e:
         add(Check("exists", False, f"unreadable: {first_line(e)}"))
+        return result
+    if promised is not None and promised > wav.shape[-1]:
+        add(Check("exists", False, f"cut short: the header promises {promised} frames, the file holds {wav.shape[-1]}"))
         return result
     add(Check("exists", True, "readable"))
     stats = audio.audio_stats(wav, rate)
@@ -192,14 +197,16 @@ def check_durations(
     reference_dir: str | Path | None = None,
     tol: Tolerances | None = None,
     sample_rate: int | None = None,
+    subset: Subset | None = None,
 ) -> list[RowCheck]:
-    """Check every expected row of `out_dir`."""
+    """Check every expected row of `out_dir` (those `subset` chooses)."""
     out_dir = Path(out_dir)
     tol = tol or Tolerances()
     _duration_of.cache_clear()  # files may have changed since an earlier call in this process
     if not out_dir.is_dir():
         raise UsageError(f"{out_dir}: output folder not found")
     rows = expected_rows(out_dir, Path(manifest) if manifest else None, fmt)
+    rows = (subset or Subset()).select(rows)
     report = read_report_rows(out_dir / REPORT_JSONL)
     run_rate, token_rate = _run_sample_rate(out_dir)
     results = []
@@ -270,6 +277,22 @@ def render_table(results: list[RowCheck], console) -> None:
         )
     console.print(table)
     console.print(summary_line(results))
+
+
+def plain_table(results: list[RowCheck]) -> str:
+    """The table for logs and pipes: plain ASCII columns, one line per row however long, then the summary line."""
+    header = ("id", "status", "duration", "reference", "problems / warnings")
+    rows = [header]
+    for r in results:
+        notes = r.problems() + [f"warning: {c.name}: {c.message}" for c in r.warnings]
+        duration = "-" if r.duration_s is None else f"{r.duration_s:.2f} s"
+        reference = "-" if r.reference_s is None else f"{r.reference_s:.2f} s"
+        rows.append((r.id, r.status, duration, reference, "; ".join(notes)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)), row[4]]).rstrip() for row in rows
+    ]
+    return "\n".join([*lines, summary_line(results)])
 
 
 def summary_line(results: list[RowCheck]) -> str:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from voiceclone import __version__
-from voiceclone.errors import UsageError
+from voiceclone.errors import ModelError, UsageError
 from voiceclone.files import is_temp_name
+from voiceclone.frontend.text import frontend_id
 from voiceclone.io import audio
 from voiceclone.io.manifest import Row, resolve
 from voiceclone.io.report import (
@@ -33,8 +35,11 @@ from voiceclone.io.report import (
     write_report,
     write_summary,
 )
+from voiceclone.io.subset import Subset
+from voiceclone.loading import layout
 
 RUN_FILES = (REPORT_JSONL, REPORT_CSV, SUMMARY_JSON, JOURNAL)
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 
 @dataclass
@@ -58,9 +63,10 @@ class SynthOptions:
     threads: int | None = None
     manifest: str = ""
     allow_download: bool = False
+    subset: Subset = field(default_factory=Subset)
 
     def __post_init__(self) -> None:
-        """Flag combinations and values that are wrong before anything else happens."""
+        """Flag combinations and values that are wrong before anything else happens (the dry run checks them too)."""
         if self.resume and self.force:
             raise UsageError(
                 "--resume and --force exclude each other: --resume keeps finished rows, --force redoes all"
@@ -73,6 +79,8 @@ class SynthOptions:
             raise UsageError(f"--wav-format must be one of {', '.join(audio.WAV_SUBTYPES)}, got {self.wav_format!r}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
 
 
 @dataclass
@@ -134,7 +142,7 @@ def remove_temp_files(out: Path) -> None:
 
 def output_settings(opts: SynthOptions, dtype: str) -> dict:
     """The settings that change a row's audio bytes (batching does not: rows equal their batch-1 result)."""
-    return {"dtype": dtype, "text_frontend": opts.text_frontend, "wav_format": opts.wav_format}
+    return {"dtype": dtype, "text_frontend": frontend_id(opts.text_frontend), "wav_format": opts.wav_format}
 
 
 def wav_intact(path: Path, entry: ReportRow) -> bool:
@@ -159,6 +167,31 @@ def reusable_rows(out: Path, fingerprints: dict[str, str]) -> dict[str, ReportRo
         and entry.fingerprint == fingerprints.get(row_id)
         and wav_intact(out / f"{row_id}.wav", entry)
     }
+
+
+@dataclass
+class Plan:
+    """What a run will do: its rows (resolved), their fingerprints, the rows kept from an earlier run, the rest."""
+
+    rows: list[Row]
+    fingerprints: dict[str, str]
+    kept: dict[str, ReportRow]
+    todo: list[Row]
+    model_id: str
+
+
+def plan_run(rows: list[Row], opts: SynthOptions, model_dir: Path, dtype: str) -> Plan:
+    """Fingerprint the rows (prompt digests, texts, seeds, the model id from the folder's files, output settings) and
+    split them into rows `--resume` keeps and rows to make; reads no weights."""
+    model_id = layout.model_id_of(layout.existing_dir(model_dir), opts.llm_file)
+    settings = output_settings(opts, dtype)
+    rows = resolve(rows, opts.seed)
+    fingerprints = {
+        row.id: row_fingerprint(row.prompt_sha256, row.prompt_text, row.target_text, row.seed, model_id, settings)
+        for row in rows
+    }
+    kept = reusable_rows(opts.out, fingerprints) if opts.resume else {}
+    return Plan(rows, fingerprints, kept, [row for row in rows if row.id not in kept], model_id)
 
 
 def longest_run(tokens: list[int]) -> int:
@@ -211,81 +244,124 @@ def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: 
     return entry
 
 
-def dry_run(rows: list[Row], opts: SynthOptions) -> str:
-    """Check everything a run needs without loading the model (device, existing outputs, the model folder's config);
-    returns the one-line summary of what the run would do."""
+def _gpu_driver_present() -> bool:
+    """Whether this machine may have a usable GPU (a GPU driver's files exist; always True off Linux)."""
+    return not sys.platform.startswith("linux") or any(os.path.exists(path) for path in GPU_DRIVER_FILES)
+
+
+def runtime_names(opts: SynthOptions) -> tuple[str, str]:
+    """The device and dtype a run would use, as names. With the CPU defaults on a Linux machine without a GPU driver
+    the answer is known without torch (whose CUDA needs that driver); otherwise torch decides, as in the run."""
+    on_cpu = opts.device == "cpu" or (opts.device == "auto" and not _gpu_driver_present())
+    if on_cpu and opts.dtype in ("auto", "float32") and opts.attention in ("auto", "math"):
+        return "cpu", "float32"
     from voiceclone.engine import runtime
-    from voiceclone.loading import config, hub
 
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
-    refuse_existing(opts.out, rows, opts.resume, opts.force)
-    model = opts.model
+    return str(rt.device), str(rt.dtype).removeprefix("torch.")
+
+
+def check_model_folder(model_dir: Path, llm_file: str) -> None:
+    """The dry run's model check, without reading weights: a known family, every file there, and weight files whose
+    container is whole (ModelError otherwise)."""
+    model_dir = layout.existing_dir(model_dir)
+    layout.family_of(model_dir)
+    converted = layout.is_converted(model_dir)
+    layout.check_files(model_dir, layout.converted_files() if converted else layout.official_files(llm_file))
+    if converted:
+        layout.read_converted_json(model_dir / layout.CONVERTED_CONFIG)
+    for file in layout.network_files(converted, llm_file).values():
+        problem = layout.weight_file_problem(model_dir / file)
+        if problem:
+            raise ModelError(f"{model_dir}: {problem}")
+
+
+def dry_run(rows: list[Row], opts: SynthOptions) -> str:
+    """Every check a run makes before it loads the model (flags, device, existing outputs, the model folder's files),
+    and with `--resume` which rows it would keep; returns the one-line summary. Imports torch only when
+    `runtime_names` needs it, or to build the demo model for `--resume`."""
+    from voiceclone.loading import hub
+
+    chosen = opts.subset.select(rows)
+    device, dtype = runtime_names(opts)
+    refuse_existing(opts.out, chosen, opts.resume, opts.force)
+    model, model_dir = opts.model, None
     if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
         model += " (in no local cache: the run downloads it)"
     elif model != "demo":
-        config.read_config(model, opts.llm_file)
-    found = existing_outputs(opts.out, rows)
-    prompts = {row.prompt_audio for row in rows}
-    seeded = sum(row.seed is not None for row in rows)
-    refs = sum(row.reference_audio is not None for row in rows)
-    return (
-        f"dry run: {len(rows)} rows valid ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
-        f"{refs} with reference audio); model {model}; device {rt.device}, "
-        f"dtype {str(rt.dtype).removeprefix('torch.')}; {len(found)} existing outputs in {opts.out}"
+        model_dir = hub.model_dir(model)
+        check_model_folder(model_dir, opts.llm_file)
+    prompts = {row.prompt_audio for row in chosen}
+    seeded = sum(row.seed is not None for row in chosen)
+    refs = sum(row.reference_audio is not None for row in chosen)
+    subset = f", {len(chosen)} chosen by --limit/--ids" if opts.subset.given else ""
+    line = (
+        f"dry run: {len(rows)} rows valid{subset} ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
+        f"{refs} with reference audio); model {model}; device {device}, dtype {dtype}; "
     )
+    if not opts.resume:
+        return line + f"{len(existing_outputs(opts.out, chosen))} existing outputs in {opts.out}"
+    if model_dir is None and model == "demo":
+        from voiceclone.loading.load import resolve_model
+
+        model_dir = resolve_model("demo")
+    if model_dir is None:
+        return line + f"--resume keeps no row (the model is not here yet): {len(chosen)} to make"
+    plan = plan_run(chosen, opts, model_dir, dtype)
+    return line + f"--resume keeps {len(plan.kept)} rows and makes {len(plan.todo)}"
 
 
 def run_synth(
     rows: list[Row],
     opts: SynthOptions,
-    on_start: Callable[[int, int], None] = lambda total, reused: None,
+    on_start: Callable[[int, list[ReportRow]], None] = lambda total, kept: None,
     on_row: Callable[[ReportRow], None] = lambda row: None,
     on_model: Callable[[object], None] = lambda model: None,
 ) -> SynthOutcome:
-    """Synthesise every row not already done; write wavs, the reports and the summary. Raises Interrupted on Ctrl-C.
+    """Synthesise every row (of `opts.subset`) not already done; write wavs, the reports and the summary. Raises
+    Interrupted on Ctrl-C.
 
-    Order of checks: device (runtime), existing outputs, model; `opts.out` is created only after the model loaded."""
+    Order of checks: device (runtime), existing outputs, model; the model is loaded only when a row is left to make,
+    and `opts.out` is created only after that."""
     from voiceclone.engine import engine, runtime
+    from voiceclone.loading import config as model_config
     from voiceclone.loading import load
 
     started = time.perf_counter()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    chosen = opts.subset.select(rows)
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
     runtime.set_cpu_threads(opts.threads)
-    refuse_existing(opts.out, rows, opts.resume, opts.force)
+    refuse_existing(opts.out, chosen, opts.resume, opts.force)
     model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
-    model = load.load_model(model_dir, rt.device, rt.dtype, opts.llm_file)
-    if rt.compile:
-        runtime.compile_model(model)
-    make_out_dir(opts.out)
-    on_model(model)
     dtype_name = str(rt.dtype).removeprefix("torch.")
-    settings = output_settings(opts, dtype_name)
-    rows = resolve(rows, opts.seed)
-    by_id = {row.id: row for row in rows}
-    fingerprints = {
-        row.id: row_fingerprint(row.prompt_sha256, row.prompt_text, row.target_text, row.seed, model.model_id, settings)
-        for row in rows
-    }
-    done = reusable_rows(opts.out, fingerprints) if opts.resume else {}
+    plan = plan_run(chosen, opts, model_dir, dtype_name)
+    model = load.load_model(model_dir, rt.device, rt.dtype, opts.llm_file) if plan.todo else None
+    if model is not None and rt.compile:
+        runtime.compile_model(model)
+    config = model.config if model is not None else model_config.read_config(model_dir, opts.llm_file)
+    make_out_dir(opts.out)
+    if model is not None:
+        on_model(model)
     if not opts.resume:
         (opts.out / JOURNAL).unlink(missing_ok=True)
-    reused = frozenset(done)
-    todo = [row for row in rows if row.id not in done]
-    for row in todo:
+    for row in plan.todo:
         (opts.out / f"{row.id}.wav").unlink(missing_ok=True)  # never leave an old wav beside a new report entry
-    on_start(len(rows), len(done))
-    runner = engine.Engine(
-        model,
-        engine.EngineSettings(
+    done = dict(plan.kept)
+    on_start(len(plan.rows), list(plan.kept.values()))
+    by_id = {row.id: row for row in plan.rows}
+    runner = None
+    if model is not None:
+        settings = engine.EngineSettings(
             batch_size=opts.batch_size, max_batch_tokens=opts.max_batch_tokens, text_frontend=opts.text_frontend
-        ),
-    )
-    journal = Journal(opts.out / JOURNAL)
+        )
+        runner = engine.Engine(model, settings)
     interrupted = False
+    journal = Journal(opts.out / JOURNAL)
     try:
-        for result in runner.run(todo):
-            entry = _report_row(result, by_id[result.id].seed, fingerprints[result.id], opts.out, opts.wav_format)
+        for result in runner.run(plan.todo) if runner is not None else ():
+            fingerprint = plan.fingerprints[result.id]
+            entry = _report_row(result, by_id[result.id].seed, fingerprint, opts.out, opts.wav_format)
             journal.append(entry)
             done[entry.id] = entry
             on_row(entry)
@@ -297,14 +373,15 @@ def run_synth(
     report_rows = [
         done.get(row.id)
         or ReportRow(id=row.id, status="skipped", error="interrupted before this row finished", seed=row.seed)
-        for row in rows
+        for row in plan.rows
     ]
     run = {
         "manifest": opts.manifest,
+        "subset": opts.subset.describe(len(rows), len(chosen)),
         "model": opts.model,
-        "model_id": model.model_id,
-        "sample_rate": model.config.sample_rate,
-        "token_frame_rate": model.config.token_frame_rate,
+        "model_id": plan.model_id,
+        "sample_rate": config.sample_rate,
+        "token_frame_rate": config.token_frame_rate,
         "device": str(rt.device),
         "dtype": dtype_name,
         "attention": opts.attention,
@@ -312,14 +389,14 @@ def run_synth(
         "batch_size": opts.batch_size,
         "max_batch_tokens": opts.max_batch_tokens,
         "seed": opts.seed,
-        "text_frontend": opts.text_frontend,
+        "text_frontend": frontend_id(opts.text_frontend),
         "wav_format": opts.wav_format,
-        "peak_memory_bytes": runner.stats.get("peak_memory_bytes"),
+        "peak_memory_bytes": runner.stats.get("peak_memory_bytes") if runner is not None else None,
         "interrupted": interrupted,
         "started": started_at,
         "voiceclone_version": __version__,
     }
-    summary = summarize(report_rows, time.perf_counter() - started, run, reused)
+    summary = summarize(report_rows, time.perf_counter() - started, run, frozenset(plan.kept))
     write_report(opts.out, report_rows)
     write_summary(opts.out, summary)
     (opts.out / JOURNAL).unlink(missing_ok=True)

@@ -289,3 +289,13 @@ def normalize(text: str) -> str:
     if contains_chinese(text):
         return _normalize_zh(text)
     return spell_out_digits(wetext_normalize(text, "en"))
+
+
+def frontend_id(enabled: bool) -> str:
+    """What reads the target texts, for the resume fingerprint: the normaliser packages and their versions (a new
+    wetext or inflect may read a text differently), or "verbatim" with `--no-text-frontend`."""
+    if not enabled:
+        return "verbatim"
+    from importlib.metadata import version
+
+    return f"wetext-{version('wetext')}+inflect-{version('inflect')}"

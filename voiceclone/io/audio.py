@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,28 @@ def audio_info(path: str | Path) -> AudioInfo:
     except Exception as exc:  # soundfile raises several types for unreadable files
         raise AudioError(f"{path}: cannot read audio header: {first_line(exc)}") from exc
     return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
+
+
+def wav_header_frames(path: str | Path) -> int | None:
+    """The frames a RIFF/WAVE file's `data` chunk header promises, or None (not such a file, or a size left open).
+
+    libsndfile reports the frames the file holds, so a file cut short reads as a shorter one; this says what the
+    writer meant."""
+    block_align = None
+    with open(path, "rb") as f:
+        riff = f.read(12)
+        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:] != b"WAVE":
+            return None
+        while len(chunk := f.read(8)) == 8:
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"data":
+                return size // block_align if block_align and size != 0xFFFFFFFF else None
+            if name == b"fmt " and size >= 14:
+                block_align = struct.unpack("<H", f.read(size)[12:14])[0]
+                f.seek(size % 2, 1)
+            else:
+                f.seek(size + size % 2, 1)  # chunks are padded to an even length
+    return None
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

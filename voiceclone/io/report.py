@@ -162,20 +162,37 @@ def row_fingerprint(
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def synthesis_seconds(row: ReportRow) -> float:
+    """A row's synthesis time: its share of the engine's stage time (`timings["total"]`)."""
+    return row.timings.get("total", 0.0)
+
+
+def rtf(rows: Iterable[ReportRow]) -> float | None:
+    """The one real-time factor every output shows: synthesis seconds per second of audio, over the ok rows given
+    (model loading and file writing are not in it; a row's `rtf` is the same ratio for that row alone)."""
+    ok = [row for row in rows if row.status == "ok"]
+    audio_s = sum(row.duration_s or 0.0 for row in ok)
+    return sum(map(synthesis_seconds, ok)) / audio_s if audio_s > 0 else None
+
+
 def summarize(rows: list[ReportRow], wall_s: float, run: dict, reused: frozenset[str] = frozenset()) -> dict:
-    """`summary.json`: counts, audio seconds, wall time, throughput (rows made this run), plus the settings in `run`."""
+    """`summary.json`: counts, audio, synthesis time and RTF over every row of the report (made now or kept from an
+    earlier run); `made`, `wall_seconds` and the throughputs over the rows made by this run; then the settings."""
     counts = {status: sum(row.status == status for row in rows) for status in STATUSES}
-    audio_s = sum(row.duration_s or 0.0 for row in rows if row.status == "ok")
+    ok = [row for row in rows if row.status == "ok"]
     made = [row for row in rows if row.status != "skipped" and row.id not in reused]
     made_audio_s = sum(row.duration_s or 0.0 for row in made if row.status == "ok")
+    ratio = rtf(rows)
     return {
         "rows": len(rows),
         **counts,
         "reused": len(reused),
-        "audio_seconds": round(audio_s, 3),
+        "audio_seconds": round(sum(row.duration_s or 0.0 for row in ok), 3),
+        "synthesis_seconds": round(sum(map(synthesis_seconds, ok)), 3),
+        "rtf": round(ratio, 4) if ratio is not None else None,
+        "made": len(made),
         "wall_seconds": round(wall_s, 3),
         "rows_per_second": round(len(made) / wall_s, 4) if wall_s > 0 else None,
         "audio_seconds_per_second": round(made_audio_s / wall_s, 4) if wall_s > 0 else None,
-        "rtf": round(wall_s / made_audio_s, 4) if made_audio_s > 0 else None,
         **run,
     }

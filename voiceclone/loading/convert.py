@@ -1,20 +1,26 @@
-"""`convert` (an official folder to our safetensors layout) and `inspect` (what a model folder holds)."""
+"""`convert` (an official folder to our safetensors layout) and `inspect` (what a model folder holds).
+
+torch is imported only to convert and to read an official folder's `.pt` weights; inspecting a converted folder reads
+its JSON and the safetensors headers alone."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from voiceclone.errors import ModelError
+from voiceclone.errors import ModelError, UsageError
 from voiceclone.files import build_folder
 from voiceclone.loading import layout
-from voiceclone.loading.config import read_config
-from voiceclone.loading.load import load_networks, read_states
+
+if TYPE_CHECKING:
+    import torch
+
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
+SAFETENSORS_DTYPES |= {"I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 def _copy_resources(src: Path, dst: Path) -> None:
@@ -28,11 +34,16 @@ def _copy_resources(src: Path, dst: Path) -> None:
 
 def convert(src: str | Path, dst: str | Path, llm_file: str = "llm.pt", overwrite: bool = False) -> Path:
     """Write `dst`: the networks as safetensors (weight norm folded, no lm_head), `voiceclone.json`, tokenizer, ONNX."""
+    import torch
     from safetensors.torch import save_file
+
+    from voiceclone.loading.load import load_networks, read_states
 
     src_dir, dst = layout.existing_dir(src), Path(dst).expanduser()
     if layout.is_converted(src_dir):
         raise ModelError(f"{src_dir}: already a converted directory")
+    if dst.exists() and not overwrite:
+        raise UsageError(f"{dst}: already exists; pass --overwrite to replace it, or choose another folder")
     config, states, model_id = read_states(src_dir, llm_file)
     networks = load_networks(config, states, official=True)
     del states
@@ -53,8 +64,6 @@ def convert(src: str | Path, dst: str | Path, llm_file: str = "llm.pt", overwrit
         (tmp / layout.CONVERTED_CONFIG).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() and not overwrite:
-        raise ModelError(f"{dst}: already exists (choose another output directory)")
     build_folder(dst, fill, replace=overwrite)
     return dst
 
@@ -73,6 +82,21 @@ def _tensor_summary(state: dict[str, torch.Tensor]) -> dict:
     return {"tensors": len(state), "parameters": elements, "dtypes": dtypes}
 
 
+def _safetensors_summary(path: Path) -> dict:
+    """`_tensor_summary` of a safetensors file from its header alone (it stores no tensor twice)."""
+    from safetensors import safe_open
+
+    elements, dtypes = 0, {}
+    with safe_open(path, "numpy") as f:
+        names = list(f.keys())
+        for name in names:
+            tensor = f.get_slice(name)
+            elements += math.prod(tensor.get_shape())
+            dtype = SAFETENSORS_DTYPES.get(tensor.get_dtype(), tensor.get_dtype())
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+    return {"tensors": len(names), "parameters": elements, "dtypes": dtypes}
+
+
 def _file_sizes(model_dir: Path) -> dict[str, int]:
     return {
         str(p.relative_to(model_dir)): p.stat().st_size
@@ -82,37 +106,54 @@ def _file_sizes(model_dir: Path) -> dict[str, int]:
 
 
 def inspect(path: str | Path, llm_file: str = "llm.pt") -> dict:
-    """What a model directory holds: family, format, dimensions, per-network parameters and dtypes, files, problems."""
+    """What a model directory holds: family, format, dimensions, per-network parameters and dtypes, files, problems
+    (anything that keeps it from loading) and notes. A folder that is no model of a known family raises ModelError."""
     model_dir = layout.existing_dir(path)
+    family = layout.family_of(model_dir)
     converted = layout.is_converted(model_dir)
     report: dict[str, Any] = {
         "path": str(model_dir),
         "format": "converted" if converted else "official",
-        "family": None,
+        "family": family,
         "model_id": None,
         "config": None,
         "networks": {},
         "files": _file_sizes(model_dir),
         "problems": [],
+        "notes": [],
     }
     problems = report["problems"]
-    try:
-        report["family"] = layout.family_of(model_dir)
-        names = layout.converted_files() if converted else layout.official_files(llm_file)
-        problems += [f"{name}: missing" for name in names if not (model_dir / name).is_file()]
-        config = read_config(model_dir, llm_file)
-        report["config"] = config.to_json()
-        for name, file in layout.network_files(converted, llm_file).items():
-            if (model_dir / file).is_file():
-                state = layout.load_safetensors(model_dir / file) if converted else layout.load_pt(model_dir / file)
-                report["networks"][name] = {"file": file, **_tensor_summary(state)}
-        if not problems:
+    names = layout.converted_files() if converted else layout.official_files(llm_file)
+    problems += [f"{name}: missing" for name in names if not (model_dir / name).is_file()]
+    for name, file in layout.network_files(converted, llm_file).items():
+        weights = model_dir / file
+        problem = layout.weight_file_problem(weights) if weights.is_file() else None
+        if problem:
+            problems.append(problem)
+        elif weights.is_file():
+            try:
+                summary = _safetensors_summary(weights) if converted else _tensor_summary(layout.load_pt(weights))
+            except ModelError as exc:
+                problems.append(str(exc))
+                continue
+            report["networks"][name] = {"file": file, **summary}
+    if not problems:
+        try:
+            report["config"] = _config_json(model_dir, converted, llm_file)
             report["model_id"] = layout.model_id_of(model_dir, llm_file)
-    except ModelError as exc:
-        problems.append(str(exc))
-    official = report["family"] is not None and not converted
-    if official and not (model_dir / layout.BLANK_EN / "model.safetensors").is_file():
-        problems.append(f"{layout.BLANK_EN}/model.safetensors: missing (only the reference loader needs it)")
-    if official and llm_file == "llm.pt" and (model_dir / "llm.rl.pt").is_file():
-        report["notes"] = ["llm.rl.pt present: load it with llm_file='llm.rl.pt'"]
+        except ModelError as exc:
+            problems.append(str(exc))
+    if not converted and not (model_dir / layout.BLANK_EN / "model.safetensors").is_file():
+        report["notes"].append(f"{layout.BLANK_EN}/model.safetensors absent: only the reference's loader needs it")
+    if not converted and llm_file == "llm.pt" and (model_dir / "llm.rl.pt").is_file():
+        report["notes"].append("llm.rl.pt present: load it with --llm-file llm.rl.pt")
     return report
+
+
+def _config_json(model_dir: Path, converted: bool, llm_file: str) -> dict:
+    """The model's config as JSON: a converted folder's as stored, an official folder's mapped from its recipe."""
+    if converted:
+        return layout.read_converted_json(model_dir / layout.CONVERTED_CONFIG)["config"]
+    from voiceclone.loading.config import read_config
+
+    return read_config(model_dir, llm_file).to_json()

@@ -1,5 +1,7 @@
 """Model folders on disk: the files of the official release layout and of our converted layout, the model family,
-weight files and JSON read with one-line errors, and the model id `--resume` compares."""
+weight files and JSON read with one-line errors, and the model id `--resume` compares.
+
+torch is imported only where a `.pt` file is read, so that checking a folder's files and its model id stays light."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import json
 import re
 import zipfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from voiceclone.errors import ModelError
 from voiceclone.files import first_line
 from voiceclone.loading import hub
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 CONVERTED_CONFIG = "voiceclone.json"
@@ -60,6 +64,8 @@ def strip_file_prefix(exc: Exception) -> str:
 
 def load_pt(path: Path) -> dict[str, torch.Tensor]:
     """A `.pt` state dict, memory-mapped; anything but a readable dict of tensors raises ModelError naming the file."""
+    import torch
+
     if not path.is_file():
         raise ModelError(f"{path}: missing")
     try:  # files from torch.save are zip archives and can be memory-mapped; legacy pickles cannot
@@ -128,6 +134,26 @@ def _content_id(model_dir: Path, names: list[str], sample: int = 1 << 16) -> str
     return digest.hexdigest()[:16]
 
 
+def weight_file_problem(path: Path) -> str | None:
+    """Why a weight file cannot be whole, from its container alone (no tensor is read), or None.
+
+    A `.pt` that starts as a zip archive (what torch.save writes) must end with the archive's directory, which a cut
+    file lacks; a `.safetensors` file's header must describe exactly the bytes the file holds."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(path, "numpy"):
+                return None
+        with path.open("rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        if zipped:
+            zipfile.ZipFile(path).close()
+    except (SafetensorError, zipfile.BadZipFile, OSError) as exc:
+        return f"{path.name}: not a complete {path.suffix.lstrip('.')} file ({first_line(exc)})"
+    return None
+
+
 def network_files(converted: bool, llm_file: str) -> dict[str, str]:
     """The weight file of each network, by network name."""
     if converted:
@@ -139,8 +165,13 @@ def model_id_of(model_dir: Path, llm_file: str = "llm.pt") -> str:
     """The id `--resume` compares: the source's id for a converted directory, else one from the weight files' stats."""
     if is_converted(model_dir):
         data = read_converted_json(model_dir / CONVERTED_CONFIG)
-        return str(data.get("model_id") or _content_id(model_dir, converted_files()))
-    return f"{family_of(model_dir)}-{_content_id(model_dir, official_files(llm_file))}"
+        if data.get("model_id"):
+            return str(data["model_id"])
+        check_files(model_dir, converted_files())
+        return _content_id(model_dir, converted_files())
+    family = family_of(model_dir)
+    check_files(model_dir, official_files(llm_file))
+    return f"{family}-{_content_id(model_dir, official_files(llm_file))}"
 
 
 def official_files(llm_file: str) -> list[str]:
