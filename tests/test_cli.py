@@ -368,6 +368,19 @@ def test_limit_and_ids_run_a_subset_and_the_summary_says_so(tmp_path: Path, fake
     assert [json.loads(line)["id"] for line in (out / "report.jsonl").read_text().splitlines()] == ["a"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == 1 and summary["subset"] == {"limit": 1, "ids": 2, "of": 3, "rows": 1}
+    # a larger subset resumes it; a subset never shrinks a report (the wavs of dropped rows would lose their entries)
+    assert invoke("synth", manifest, "--model", "m", "--out", out, "--limit", "2", "--resume").exit_code == 0
+    for flags, dropped in [
+        (["--limit", "1", "--resume"], 1),
+        (["--ids", "c", "--force"], 2),
+        (["--ids", "c", "--resume", "--dry-run"], 2),
+    ]:
+        refused = invoke("synth", manifest, "--model", "m", "--out", out, *flags)
+        assert refused.exit_code == 2 and stderr_lines(refused) == [
+            f"error: {out}: its report holds {dropped} rows outside --limit/--ids, which this run's report would drop; "
+            "choose another --out or run without --limit/--ids"
+        ], flags
+    assert len((out / "report.jsonl").read_text().splitlines()) == 2
     # validation still reads the whole manifest: a bad last row stops a run of the first row
     manifest.write_text(manifest.read_text() + "d|Hi.|prompts/none.wav|Row d.\n")
     bad = invoke("synth", manifest, "--model", "m", "--out", tmp_path / "o2", "--limit", "1")

@@ -178,12 +178,11 @@ def test_a_reference_folder_that_is_not_there_is_a_usage_error(tmp_path: Path):
 
 
 def test_in_a_pipe_the_table_is_plain_ascii_one_line_per_row(tmp_path: Path):
-    out = tmp_path / "out"
-    tone(out / "long.wav", 20.8)
-    tone(out / "a-rather-long-row-id-that-would-wrap-in-a-box.wav", 1.0)
-    tone(tmp_path / "ref" / "long.wav", 4.3)
-    tone(tmp_path / "ref" / "a-rather-long-row-id-that-would-wrap-in-a-box.wav", 1.0)
-    m = manifest(tmp_path, ["long", "a-rather-long-row-id-that-would-wrap-in-a-box"])
+    out, wide = tmp_path / "out", "a-rather-long-row-id-that-would-wrap-in-a-box"
+    for row_id, seconds, reference_s in [("long", 20.8, 4.3), (wide, 1.0, 1.0)]:
+        tone(out / f"{row_id}.wav", seconds)
+        tone(tmp_path / "ref" / f"{row_id}.wav", reference_s)
+    m = manifest(tmp_path, ["long", wide])
     result = CliRunner().invoke(app, ["check-durations", str(out), "--manifest", str(m)], env={"COLUMNS": "60"})
     assert result.exit_code == 1 and result.output.isascii()
     table = result.output.splitlines()
@@ -197,7 +196,7 @@ def test_in_a_pipe_the_table_is_plain_ascii_one_line_per_row(tmp_path: Path):
         "warnings",
     ]
     assert table[1].split()[:3] == ["long", "fail", "20.80"] and "reference: 20.80 s vs reference 4.30 s" in table[1]
-    assert table[2].split()[:3] == ["a-rather-long-row-id-that-would-wrap-in-a-box", "pass", "1.00"]
+    assert table[2].split()[:3] == [wide, "pass", "1.00"]
     assert table[3] == "FAIL: 2 rows, 1 failed (0 missing), 1 with warnings"
 
 

@@ -51,12 +51,11 @@ def one_line_errors(call: Callable[[], Any]) -> int:
 
 def _usage_message(e: click_errors.UsageError) -> str:
     """The error on one line; a bad value that came from a --config file names the file and the key."""
-    param = getattr(e, "param", None)
-    ctx = e.ctx
-    if param is not None and ctx is not None and ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
-        key = param.name.replace("_", "-")
-        value = (ctx.default_map or {}).get(param.name)
-        return " ".join(f"{ctx.meta[CONFIG_META]}: {key}: invalid value {value!r}: {e.message}".split())
+    param, ctx = getattr(e, "param", None), e.ctx
+    config = ctx.meta.get(CONFIG_META) if ctx is not None else None
+    if param is not None and config is not None and ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
+        value = ctx.default_map.get(param.name)
+        return " ".join(f"{config}: {param.name.replace('_', '-')}: invalid value {value!r}: {e.message}".split())
     return " ".join(e.format_message().split())
 
 

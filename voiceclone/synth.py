@@ -124,6 +124,18 @@ def refuse_existing(out: Path, rows: list[Row], resume: bool, force: bool) -> No
         raise UsageError(f"{out}: already holds outputs ({shown}); pass --resume to continue or --force to overwrite")
 
 
+def refuse_dropping_rows(out: Path, rows: list[Row]) -> None:
+    """UsageError when a subset run (`--limit`/`--ids`) would drop rows of an earlier report from `out`'s report: its
+    report covers only the subset, so a subset never shrinks a report (a smaller one goes to another `--out`)."""
+    earlier = set(read_report_rows(out / REPORT_JSONL)) | set(read_report_rows(out / JOURNAL))
+    dropped = earlier - {row.id for row in rows}
+    if dropped:
+        raise UsageError(
+            f"{out}: its report holds {len(dropped)} rows outside --limit/--ids, which this run's report would drop; "
+            "choose another --out or run without --limit/--ids"
+        )
+
+
 def make_out_dir(out: Path) -> None:
     """Create `out` and clear temp files of killed runs (after `refuse_existing` said the run may write there)."""
     try:
@@ -285,6 +297,8 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     chosen = opts.subset.select(rows)
     device, dtype = runtime_names(opts)
     refuse_existing(opts.out, chosen, opts.resume, opts.force)
+    if opts.subset.given:
+        refuse_dropping_rows(opts.out, chosen)
     model, model_dir = opts.model, None
     if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
         model += " (in no local cache: the run downloads it)"
@@ -333,6 +347,8 @@ def run_synth(
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
     runtime.set_cpu_threads(opts.threads)
     refuse_existing(opts.out, chosen, opts.resume, opts.force)
+    if opts.subset.given:
+        refuse_dropping_rows(opts.out, chosen)
     model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
     dtype_name = str(rt.dtype).removeprefix("torch.")
     plan = plan_run(chosen, opts, model_dir, dtype_name)
