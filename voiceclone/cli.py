@@ -10,82 +10,15 @@ import json
 import signal
 import sys
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
-from typer._click import exceptions as click_errors
-from typer._click.core import ParameterSource
-from typer.core import TyperCommand, TyperGroup
 
 from voiceclone import __version__
 from voiceclone.errors import UsageError, VoiceCloneError
+from voiceclone.usage import CONFIG_META, EXIT_INTERRUPTED, Command, Group, one_line_errors
 
-EXIT_INTERRUPTED = 130
 DEMO_NOTICE = "note: --model demo has random weights: its audio is noise (durations and files are real)"
-CONFIG_META = "voiceclone.config"  # ctx.meta key: the --config file the defaults came from
-
-
-def one_line_errors(call: Callable[[], Any]) -> int:
-    """Run a click entry point without its standalone error display and return the exit code: every usage error
-    (a bad flag value, a missing argument, an unknown option) is one `error:` line plus one `try:` line, exit 2."""
-    try:
-        result = call()
-    except click_errors.NoArgsIsHelpError as e:
-        typer.echo(e.format_message(), err=True)
-        return e.exit_code
-    except click_errors.UsageError as e:
-        typer.echo(f"error: {_usage_message(e)}", err=True)
-        if e.ctx is not None:
-            typer.echo(f"try: {e.ctx.command_path} --help", err=True)
-        return e.exit_code
-    except click_errors.ClickException as e:
-        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
-        return e.exit_code
-    except click_errors.Abort:
-        typer.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
-    return result if isinstance(result, int) else 0
-
-
-def _usage_message(e: click_errors.UsageError) -> str:
-    """The error on one line; a bad value that came from a --config file names the file and the key."""
-    param, ctx = getattr(e, "param", None), e.ctx
-    config = ctx.meta.get(CONFIG_META) if ctx is not None else None
-    if param is not None and config is not None and ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
-        value = ctx.default_map.get(param.name)
-        return " ".join(f"{config}: {param.name.replace('_', '-')}: invalid value {value!r}: {e.message}".split())
-    return " ".join(e.format_message().split())
-
-
-class Group(TyperGroup):
-    """The `voiceclone` command group: one-line usage errors (see `one_line_errors`)."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        code = one_line_errors(lambda: super(Group, self).main(args, prog_name, complete_var, False, **extra))
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-class Command(TyperCommand):
-    """A command whose help names its arguments as users type them (`MANIFEST`, not `{manifest} <path>`)."""
-
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        return [self.options_metavar, *(p.metavar or p.name.upper() for p in self._arguments(ctx))]
-
-    def format_options(self, ctx, formatter) -> None:
-        arguments = [(p.metavar or p.name.upper(), p.help or "") for p in self._arguments(ctx)]
-        if arguments:
-            with formatter.section("Arguments"):
-                formatter.write_dl(arguments)
-        options = [p.get_help_record(ctx) for p in self.get_params(ctx) if p.param_type_name == "option"]
-        with formatter.section("Options"):
-            formatter.write_dl([record for record in options if record])
-
-    def _arguments(self, ctx) -> list:
-        return [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
 
 
 app = typer.Typer(
@@ -231,7 +164,7 @@ def synth(
         )
         rows = load_manifest(manifest, fmt)
         if dry_run:
-            from voiceclone.synth import dry_run as dry_run_summary
+            from voiceclone.dryrun import dry_run as dry_run_summary
 
             summary = dry_run_summary(rows, opts)
             if not quiet:

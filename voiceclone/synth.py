@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from voiceclone import __version__
-from voiceclone.errors import ModelError, UsageError
+from voiceclone.errors import UsageError
 from voiceclone.files import is_temp_name
 from voiceclone.frontend.text import frontend_id
 from voiceclone.io import audio
@@ -39,7 +38,6 @@ from voiceclone.io.subset import Subset
 from voiceclone.loading import layout
 
 RUN_FILES = (REPORT_JSONL, REPORT_CSV, SUMMARY_JSON, JOURNAL)
-GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 
 @dataclass
@@ -254,75 +252,6 @@ def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: 
     entry.clipped_fraction = round(stats["clipped_fraction"], 6)
     entry.rtf = round(result.rtf, 6) if result.rtf is not None else None
     return entry
-
-
-def _gpu_driver_present() -> bool:
-    """Whether this machine may have a usable GPU (a GPU driver's files exist; always True off Linux)."""
-    return not sys.platform.startswith("linux") or any(os.path.exists(path) for path in GPU_DRIVER_FILES)
-
-
-def runtime_names(opts: SynthOptions) -> tuple[str, str]:
-    """The device and dtype a run would use, as names. With the CPU defaults on a Linux machine without a GPU driver
-    the answer is known without torch (whose CUDA needs that driver); otherwise torch decides, as in the run."""
-    on_cpu = opts.device == "cpu" or (opts.device == "auto" and not _gpu_driver_present())
-    if on_cpu and opts.dtype in ("auto", "float32") and opts.attention in ("auto", "math"):
-        return "cpu", "float32"
-    from voiceclone.engine import runtime
-
-    rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
-    return str(rt.device), str(rt.dtype).removeprefix("torch.")
-
-
-def check_model_folder(model_dir: Path, llm_file: str) -> None:
-    """The dry run's model check, without reading weights: a known family, every file there, and weight files whose
-    container is whole (ModelError otherwise)."""
-    model_dir = layout.existing_dir(model_dir)
-    layout.family_of(model_dir)
-    converted = layout.is_converted(model_dir)
-    layout.check_files(model_dir, layout.converted_files() if converted else layout.official_files(llm_file))
-    if converted:
-        layout.read_converted_json(model_dir / layout.CONVERTED_CONFIG)
-    for file in layout.network_files(converted, llm_file).values():
-        problem = layout.weight_file_problem(model_dir / file)
-        if problem:
-            raise ModelError(f"{model_dir}: {problem}")
-
-
-def dry_run(rows: list[Row], opts: SynthOptions) -> str:
-    """Every check a run makes before it loads the model (flags, device, existing outputs, the model folder's files),
-    and with `--resume` which rows it would keep; returns the one-line summary. Imports torch only when
-    `runtime_names` needs it, or to build the demo model for `--resume`."""
-    from voiceclone.loading import hub
-
-    chosen = opts.subset.select(rows)
-    device, dtype = runtime_names(opts)
-    refuse_existing(opts.out, chosen, opts.resume, opts.force)
-    if opts.subset.given:
-        refuse_dropping_rows(opts.out, chosen)
-    model, model_dir = opts.model, None
-    if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
-        model += " (in no local cache: the run downloads it)"
-    elif model != "demo":
-        model_dir = hub.model_dir(model)
-        check_model_folder(model_dir, opts.llm_file)
-    prompts = {row.prompt_audio for row in chosen}
-    seeded = sum(row.seed is not None for row in chosen)
-    refs = sum(row.reference_audio is not None for row in chosen)
-    subset = f", {len(chosen)} chosen by --limit/--ids" if opts.subset.given else ""
-    line = (
-        f"dry run: {len(rows)} rows valid{subset} ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
-        f"{refs} with reference audio); model {model}; device {device}, dtype {dtype}; "
-    )
-    if not opts.resume:
-        return line + f"{len(existing_outputs(opts.out, chosen))} existing outputs in {opts.out}"
-    if model_dir is None and model == "demo":
-        from voiceclone.loading.load import resolve_model
-
-        model_dir = resolve_model("demo")
-    if model_dir is None:
-        return line + f"--resume keeps no row (the model is not here yet): {len(chosen)} to make"
-    plan = plan_run(chosen, opts, model_dir, dtype)
-    return line + f"--resume keeps {len(plan.kept)} rows and makes {len(plan.todo)}"
 
 
 def run_synth(
