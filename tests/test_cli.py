@@ -323,7 +323,7 @@ def test_dry_run_with_resume_counts_the_rows_kept_and_redone(tmp_path: Path, fak
     manifest.write_text(manifest.read_text().replace("Row b.", "Row b, edited."))
     (out / "c.wav").unlink()
     dry = invoke("synth", manifest, "--model", v3_model_dir, "--out", out, "--resume", "--dry-run")
-    assert dry.exit_code == 0 and dry.output.rstrip().endswith("--resume keeps 1 rows and makes 2"), dry.output
+    assert dry.exit_code == 0 and dry.output.rstrip().endswith("--resume: 1 rows kept, 2 to make"), dry.output
     FakeEngine.requests = []
     assert invoke("synth", manifest, "--model", v3_model_dir, "--out", out, "--resume").exit_code == 0
     assert [r.id for r in FakeEngine.requests] == ["b", "c"]  # what the dry run said

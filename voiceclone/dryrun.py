@@ -79,6 +79,6 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
 
         model_dir = resolve_model("demo")
     if model_dir is None:
-        return line + f"--resume keeps no row (the model is not here yet): {len(chosen)} to make"
+        return line + f"--resume: 0 rows kept (the model is not here yet), {len(chosen)} to make"
     plan = plan_run(chosen, opts, model_dir, dtype)
-    return line + f"--resume keeps {len(plan.kept)} rows and makes {len(plan.todo)}"
+    return line + f"--resume: {len(plan.kept)} rows kept, {len(plan.todo)} to make"
