@@ -59,7 +59,7 @@ def run_one(args: argparse.Namespace) -> dict:
     """One configuration in this process: load, warm the prompt cache, synthesise every row, report."""
     runtime.set_cpu_threads(args.threads)
     rt = runtime.resolve_runtime(args.device, args.dtype[0], args.attention, compile=args.compile)
-    model = load_model(args.model, rt.device, rt.dtype)
+    model = load_model(args.model, rt.device, rt.dtypes)
     requests = manifest(args.rows)
     model.prompts.get(PROMPT[0], requests[0].prompt_sha256)
     settings = EngineSettings(batch_size=args.batch_sizes[0], text_frontend=False, window_rows=args.rows)

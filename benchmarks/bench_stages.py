@@ -106,7 +106,7 @@ def bench_hift(model, frames: int, repeats: int) -> dict:
 def run(args: argparse.Namespace, dtype_name: str) -> dict:
     rt = runtime.resolve_runtime(args.device, dtype_name, args.attention, compile=False)
     start = time.perf_counter()
-    model = load_model(args.model, rt.device, rt.dtype)
+    model = load_model(args.model, rt.device, rt.dtypes)
     load_s = time.perf_counter() - start
     prompt = model.prompts.frontend.extract(Path(args.prompt))
     bandwidth = memory_bandwidth(rt.device)

@@ -213,3 +213,43 @@ def test_limit_and_ids_check_a_subset(tmp_path: Path):
     assert CliRunner().invoke(app, base).exit_code == 1  # d is missing
     unknown = CliRunner().invoke(app, [*base, "--ids", "a,zz"])
     assert unknown.exit_code == 2 and unknown.output == "error: --ids: 1 id(s) not among the 4 rows: 'zz'\n"
+
+
+def test_tokens_from_another_run_compares_speech_token_digests(tmp_path: Path):
+    out, other = tmp_path / "out", tmp_path / "other"
+    for row_id in ("same", "changed", "only_here", "undigested"):
+        tone(out / f"{row_id}.wav", 1.0)
+    digest = {"same": "a" * 64, "changed": "b" * 64, "only_here": "c" * 64, "undigested": None}
+    write_report(out, [ReportRow(id=i, status="ok", speech_token_digest=d) for i, d in digest.items()])
+    theirs = {"same": "a" * 64, "changed": "d" * 64, "undigested": "e" * 64}
+    other.mkdir()
+    write_report(other, [ReportRow(id=i, status="ok", speech_token_digest=d) for i, d in theirs.items()])
+    results = by_id(check_durations(out, tokens_from=other))
+    assert (
+        results["same"].passed
+        and results["same"].checks[-1].message == f"speech tokens identical to {other / 'report.jsonl'}"
+    )
+    assert results["changed"].problems() == [
+        f"tokens: speech tokens differ from {other / 'report.jsonl'} (digest {'b' * 12} vs {'d' * 12})"
+    ]
+    assert results["only_here"].problems() == [f"tokens: {other / 'report.jsonl'} has no such row"]
+    assert results["undigested"].problems() == ["tokens: no speech_token_digest for this row in report.jsonl"]
+    as_file = by_id(check_durations(out, tokens_from=other / "report.jsonl"))
+    assert [r.passed for r in as_file.values()] == [r.passed for r in results.values()]
+    assert all(c.name != "tokens" for r in check_durations(out) for c in r.checks)  # only when asked
+
+
+def test_tokens_from_cli_exit_codes(tmp_path: Path):
+    out, other = tmp_path / "out", tmp_path / "other"
+    tone(out / "a.wav", 1.0)
+    write_report(out, [ReportRow(id="a", status="ok", speech_token_digest="a" * 64)])
+    other.mkdir()
+    write_report(other, [ReportRow(id="a", status="ok", speech_token_digest="a" * 64)])
+    same = CliRunner().invoke(app, ["check-durations", str(out), "--tokens-from", str(other), "--quiet"])
+    assert same.exit_code == 0 and "PASS: 1 rows" in same.output
+    write_report(other, [ReportRow(id="a", status="ok", speech_token_digest="f" * 64)])
+    differ = CliRunner().invoke(app, ["check-durations", str(out), "--tokens-from", str(other), "--quiet"])
+    assert differ.exit_code == 1 and "FAIL: 1 rows, 1 failed" in differ.output
+    absent = CliRunner().invoke(app, ["check-durations", str(out), "--tokens-from", str(tmp_path / "nowhere")])
+    assert absent.exit_code == 2
+    assert absent.output.strip().splitlines() == [f"error: --tokens-from {tmp_path / 'nowhere'}: no report.jsonl there"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
+
+import numpy as np
 
 from voiceclone.files import atomic_write_text
 from voiceclone.io.report import (
@@ -15,6 +18,7 @@ from voiceclone.io.report import (
     read_report_rows,
     row_fingerprint,
     rtf,
+    speech_token_digest,
     summarize,
     write_report,
     write_summary,
@@ -23,7 +27,8 @@ from voiceclone.io.report import (
 REQUIRED = [
     "id", "status", "error", "duration_s", "sample_rate", "text_tokens", "prompt_text_tokens", "speech_tokens",
     "min_tokens", "max_tokens", "stop_reason", "segments", "leading_silence_s", "trailing_silence_s", "peak", "seed",
-    "timings", "rtf", "fingerprint", "longest_token_run", "clipped_fraction", "num_samples",
+    "timings", "rtf", "fingerprint", "longest_token_run", "clipped_fraction", "num_samples", "speech_token_digest",
+    "dtypes",
 ]  # fmt: skip
 
 
@@ -33,6 +38,7 @@ def ok_row(row_id: str, duration: float = 2.0, **timings: float) -> ReportRow:
         num_samples=int(duration * 24000), text_tokens=10, prompt_text_tokens=30, speech_tokens=50, min_tokens=20,
         max_tokens=200, stop_reason="eos", segments=1, leading_silence_s=0.1, trailing_silence_s=0.2, peak=0.5,
         clipped_fraction=0.0, seed=7, timings=timings or {"llm": 1.0, "flow": 0.5}, rtf=0.75, fingerprint="f" * 32,
+        speech_token_digest="d" * 64, dtypes={"llm": "float32", "flow": "bfloat16", "vocoder": "bfloat16"},
     )  # fmt: skip
 
 
@@ -59,7 +65,13 @@ def test_jsonl_and_csv_reports(tmp_path: Path):
     assert [t["id"] for t in table] == [r.id for r in rows]
     assert table[0]["time_llm_s"] == "1.0" and table[0]["time_hift_s"] == "" and table[1]["time_hift_s"] == "0.1"
     assert table[0]["duration_s"] == "2.0" and table[1]["duration_s"] == "" and table[2]["status"] == "skipped"
-    assert "timings" not in table[0]
+    assert "timings" not in table[0] and "dtypes" not in table[0]
+    assert (table[0]["dtype_llm"], table[0]["dtype_flow"], table[0]["dtype_vocoder"]) == (
+        "float32",
+        "bfloat16",
+        "bfloat16",
+    )
+    assert table[1]["dtype_flow"] == "" and table[0]["speech_token_digest"] == "d" * 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv", "report.jsonl"]  # no temp files left
 
 
@@ -137,6 +149,14 @@ def test_fingerprint_covers_every_input():
         args = list(base)
         args[index] = changed
         assert row_fingerprint(*args) != fp, index
+
+
+def test_speech_token_digest_is_sha256_of_the_decimal_ids():
+    assert speech_token_digest([12, 7]) == hashlib.sha256(b"12,7").hexdigest()
+    assert speech_token_digest([]) == hashlib.sha256(b"").hexdigest()
+    assert speech_token_digest([0, 1, 6560]) == "dad4f4b9820ec3e1b494b8e9efd24639d5baa841d5f14860ea369f099a036774"
+    assert speech_token_digest(np.array([12, 7], dtype=np.int64)) == speech_token_digest(t for t in (12, 7))
+    assert speech_token_digest([1, 27]) != speech_token_digest([12, 7])
 
 
 def test_longest_token_run():

@@ -117,7 +117,9 @@ def synth(
         None, "--format", metavar="FORMAT", callback=_format_option, help="csv, tsv, jsonl or lst."
     ),
     device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", metavar="DTYPE", help="auto, float32, bfloat16 or float16."),
+    dtype: str = typer.Option(
+        "auto", metavar="DTYPE", help="auto, float32, bfloat16, float16 or mixed (LLM float32, rest bf16)."
+    ),
     batch_size: int = typer.Option(8, metavar="N", help="Rows per batch."),
     max_batch_tokens: int = typer.Option(32768, metavar="N", help="Token budget of one batch."),
     seed: int = typer.Option(0, metavar="N", help="Base seed; each row's seed comes from it and the row id."),
@@ -228,6 +230,9 @@ def check_durations(
     quiet: bool = typer.Option(False, "--quiet", help="No table; only the summary line."),
     limit: int | None = LIMIT_OPTION,
     ids: str | None = IDS_OPTION,
+    tokens_from: Path | None = typer.Option(
+        None, metavar="PATH", help="Another run's folder or report.jsonl: each row's tokens must match."
+    ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Check every expected wav in OUT: there, whole, sane, the right length.
@@ -244,12 +249,13 @@ def check_durations(
             raise UsageError(f"--reference {reference}: not a folder")
         subset = Subset(limit, parse_ids(ids))
         tol = durations.Tolerances(rel_tol=rel_tol, abs_tol=abs_tol)
-        results = durations.check_durations(out, manifest, fmt, reference, tol, sample_rate, subset)
+        results = durations.check_durations(out, manifest, fmt, reference, tol, sample_rate, subset, tokens_from)
     except VoiceCloneError as e:
         raise _fail(e) from None
     settings = {"out": str(out), "manifest": str(manifest) if manifest else None}
     settings |= {"reference": str(reference) if reference else None, "rel_tol": rel_tol, "abs_tol": abs_tol}
     settings |= {"limit": limit, "ids": list(subset.ids) if subset.ids else None}
+    settings["tokens_from"] = str(tokens_from) if tokens_from else None
     if json_path:
         atomic_write_text(json_path, json.dumps(durations.results_json(results, settings), indent=2) + "\n")
     if junit:

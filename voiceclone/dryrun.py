@@ -11,9 +11,17 @@ from pathlib import Path
 from voiceclone.errors import ModelError
 from voiceclone.io.manifest import Row
 from voiceclone.loading import layout
-from voiceclone.synth import SynthOptions, existing_outputs, plan_run, refuse_dropping_rows, refuse_existing
+from voiceclone.synth import (
+    SynthOptions,
+    dtype_label,
+    existing_outputs,
+    plan_run,
+    refuse_dropping_rows,
+    refuse_existing,
+)
 
 GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+FLOAT32_DTYPES = {"llm": "float32", "flow": "float32", "vocoder": "float32"}  # StageDtypes().names(), without torch
 
 
 def _gpu_driver_present() -> bool:
@@ -21,16 +29,17 @@ def _gpu_driver_present() -> bool:
     return not sys.platform.startswith("linux") or any(os.path.exists(path) for path in GPU_DRIVER_FILES)
 
 
-def runtime_names(opts: SynthOptions) -> tuple[str, str]:
-    """The device and dtype a run would use, as names. With the CPU defaults on a Linux machine without a GPU driver
-    the answer is known without torch (whose CUDA needs that driver); otherwise torch decides, as in the run."""
+def runtime_names(opts: SynthOptions) -> tuple[str, dict[str, str]]:
+    """The device and each network's dtype a run would use, as names. With the CPU defaults on a Linux machine without
+    a GPU driver the answer is known without torch (whose CUDA needs that driver); otherwise torch decides, as in the
+    run."""
     on_cpu = opts.device == "cpu" or (opts.device == "auto" and not _gpu_driver_present())
     if on_cpu and opts.dtype in ("auto", "float32") and opts.attention in ("auto", "math"):
-        return "cpu", "float32"
+        return "cpu", dict(FLOAT32_DTYPES)
     from voiceclone.engine import runtime
 
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
-    return str(rt.device), str(rt.dtype).removeprefix("torch.")
+    return str(rt.device), rt.dtypes.names()
 
 
 def check_model_folder(model_dir: Path, llm_file: str) -> None:
@@ -54,7 +63,7 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     from voiceclone.loading import hub
 
     chosen = opts.subset.select(rows)
-    device, dtype = runtime_names(opts)
+    device, dtypes = runtime_names(opts)
     refuse_existing(opts.out, chosen, opts.resume, opts.force)
     if opts.subset.given:
         refuse_dropping_rows(opts.out, chosen)
@@ -70,7 +79,8 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     subset = f", {len(chosen)} chosen by --limit/--ids" if opts.subset.given else ""
     line = (
         f"dry run: {len(rows)} rows valid{subset} ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
-        f"{refs} with reference audio); model {model}; device {device}, dtype {dtype}; "
+        f"{refs} with reference audio); model {model}; device {device}, dtype {dtype_label(opts.dtype, dtypes)} "
+        f"({', '.join(f'{k} {v}' for k, v in dtypes.items())}); "
     )
     if not opts.resume:
         return line + f"{len(existing_outputs(opts.out, chosen))} existing outputs in {opts.out}"
@@ -80,5 +90,5 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
         model_dir = resolve_model("demo")
     if model_dir is None:
         return line + f"--resume: 0 rows kept (the model is not here yet), {len(chosen)} to make"
-    plan = plan_run(chosen, opts, model_dir, dtype)
+    plan = plan_run(chosen, opts, model_dir, dtypes)
     return line + f"--resume: {len(plan.kept)} rows kept, {len(plan.todo)} to make"

@@ -6,7 +6,8 @@ Checks per row (a row fails when any non-warning check fails; a missing row is a
 - `not_silent`: peak at or above -60 dBFS; `not_clipped`: at most 0.1 % of samples at |x| >= 0.999;
 - `reference`: |duration - reference| <= max(rel_tol * reference, abs_tol), the reference wav having the same id;
 - `bounds`: inside [min_tokens, max_tokens] / token rate (25 Hz) seconds from the report, +- 0.1 s allowance;
-- `speaking_rate` (warning only): seconds per character of the target within 1/3x..3x of the prompt's.
+- `speaking_rate` (warning only): seconds per character of the target within 1/3x..3x of the prompt's;
+- `tokens` (with `tokens_from`): the row's `speech_token_digest` equals the other run's for the same id.
 """
 
 from __future__ import annotations
@@ -190,6 +191,29 @@ def _speaking_rate(exp: Expected, duration: float) -> Check | None:
     return Check("speaking_rate", ok, f"{duration:.2f} s, prompt's speaking rate suggests ~{expected:.2f} s", True)
 
 
+def token_digests(source: Path) -> tuple[Path, dict[str, str | None]]:
+    """Another run's report (`source`: its output folder or a report.jsonl) and its speech token digests by row id."""
+    path = source / REPORT_JSONL if source.is_dir() else source
+    if not path.is_file():
+        raise UsageError(f"--tokens-from {source}: no {REPORT_JSONL} there")
+    rows = read_report_rows(path)
+    if not rows:
+        raise UsageError(f"{path}: holds no report rows")
+    return path, {row_id: row.speech_token_digest for row_id, row in rows.items()}
+
+
+def tokens_check(mine: str | None, theirs: str | None, other: Path, row_known: bool) -> Check:
+    """Whether a row's speech token digest equals the other run's (both must have one)."""
+    if mine is None:
+        return Check("tokens", False, f"no speech_token_digest for this row in {REPORT_JSONL}")
+    if theirs is None:
+        why = "has no speech_token_digest for this row" if row_known else "has no such row"
+        return Check("tokens", False, f"{other} {why}")
+    if mine != theirs:
+        return Check("tokens", False, f"speech tokens differ from {other} (digest {mine[:12]} vs {theirs[:12]})")
+    return Check("tokens", True, f"speech tokens identical to {other}")
+
+
 def check_durations(
     out_dir: str | Path,
     manifest: str | Path | None = None,
@@ -198,8 +222,10 @@ def check_durations(
     tol: Tolerances | None = None,
     sample_rate: int | None = None,
     subset: Subset | None = None,
+    tokens_from: str | Path | None = None,
 ) -> list[RowCheck]:
-    """Check every expected row of `out_dir` (those `subset` chooses)."""
+    """Check every expected row of `out_dir` (those `subset` chooses); with `tokens_from` (another run's folder or
+    report.jsonl) each row's speech tokens must also equal that run's."""
     out_dir = Path(out_dir)
     tol = tol or Tolerances()
     _duration_of.cache_clear()  # files may have changed since an earlier call in this process
@@ -207,12 +233,18 @@ def check_durations(
         raise UsageError(f"{out_dir}: output folder not found")
     rows = expected_rows(out_dir, Path(manifest) if manifest else None, fmt)
     rows = (subset or Subset()).select(rows)
+    other, digests = token_digests(Path(tokens_from)) if tokens_from is not None else (None, {})
     report = read_report_rows(out_dir / REPORT_JSONL)
     run_rate, token_rate = _run_sample_rate(out_dir)
     results = []
     for exp in rows:
         reference = Path(reference_dir) / f"{exp.id}.wav" if reference_dir else exp.reference_audio
-        results.append(check_row(exp, out_dir, report.get(exp.id), reference, sample_rate or run_rate, token_rate, tol))
+        row = report.get(exp.id)
+        result = check_row(exp, out_dir, row, reference, sample_rate or run_rate, token_rate, tol)
+        if other is not None and not result.missing:
+            mine = row.speech_token_digest if row else None
+            result.checks.append(tokens_check(mine, digests.get(exp.id), other, exp.id in digests))
+        results.append(result)
     return results
 
 

@@ -30,6 +30,7 @@ from voiceclone.io.report import (
     ReportRow,
     read_report_rows,
     row_fingerprint,
+    speech_token_digest,
     summarize,
     write_report,
     write_summary,
@@ -150,9 +151,15 @@ def remove_temp_files(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def output_settings(opts: SynthOptions, dtype: str) -> dict:
-    """The settings that change a row's audio bytes (batching does not: rows equal their batch-1 result)."""
-    return {"dtype": dtype, "text_frontend": frontend_id(opts.text_frontend), "wav_format": opts.wav_format}
+def output_settings(opts: SynthOptions, dtypes: dict[str, str]) -> dict:
+    """The settings that change a row's audio bytes (batching does not: rows equal their batch-1 result): the dtype
+    each network ran in (not the `--dtype` name: `mixed` without native bfloat16 runs, and equals, float32)."""
+    return {"dtypes": dtypes, "text_frontend": frontend_id(opts.text_frontend), "wav_format": opts.wav_format}
+
+
+def dtype_label(requested: str, dtypes: dict[str, str]) -> str:
+    """The run's dtype as the summary records it: `mixed`, or the resolved dtype (`auto` -> `float32`)."""
+    return "mixed" if requested == "mixed" else dtypes["llm"]
 
 
 def wav_intact(path: Path, entry: ReportRow) -> bool:
@@ -190,11 +197,11 @@ class Plan:
     model_id: str
 
 
-def plan_run(rows: list[Row], opts: SynthOptions, model_dir: Path, dtype: str) -> Plan:
+def plan_run(rows: list[Row], opts: SynthOptions, model_dir: Path, dtypes: dict[str, str]) -> Plan:
     """Fingerprint the rows (prompt digests, texts, seeds, the model id from the folder's files, output settings) and
     split them into rows `--resume` keeps and rows to make; reads no weights."""
     model_id = layout.model_id_of(layout.existing_dir(model_dir), opts.llm_file)
-    settings = output_settings(opts, dtype)
+    settings = output_settings(opts, dtypes)
     rows = resolve(rows, opts.seed)
     fingerprints = {
         row.id: row_fingerprint(row.prompt_sha256, row.prompt_text, row.target_text, row.seed, model_id, settings)
@@ -213,7 +220,9 @@ def longest_run(tokens: list[int]) -> int:
     return best
 
 
-def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: str) -> ReportRow:
+def _report_row(
+    result, row_seed: int, fingerprint: str, out: Path, wav_format: str, dtypes: dict[str, str]
+) -> ReportRow:
     """Write the row's wav (when it has audio) and describe it."""
     entry = ReportRow(
         id=result.id,
@@ -229,6 +238,7 @@ def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: 
         segments=result.segments,
         seed=row_seed,
         timings={k: round(v, 6) for k, v in result.timings.items()},
+        dtypes=dtypes,
         fingerprint=fingerprint,
     )
     if result.error is not None:
@@ -244,6 +254,7 @@ def _report_row(result, row_seed: int, fingerprint: str, out: Path, wav_format: 
         return entry
     stats = audio.audio_stats(result.wav, result.sample_rate)
     entry.status, entry.wav = "ok", name
+    entry.speech_token_digest = speech_token_digest(result.speech_tokens)
     entry.sample_rate, entry.num_samples = result.sample_rate, int(result.wav.shape[-1])
     entry.duration_s = round(stats["duration_s"], 6)
     entry.leading_silence_s = round(stats["leading_silence_s"], 4)
@@ -279,9 +290,9 @@ def run_synth(
     if opts.subset.given:
         refuse_dropping_rows(opts.out, chosen)
     model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
-    dtype_name = str(rt.dtype).removeprefix("torch.")
-    plan = plan_run(chosen, opts, model_dir, dtype_name)
-    model = load.load_model(model_dir, rt.device, rt.dtype, opts.llm_file) if plan.todo else None
+    dtypes = rt.dtypes.names()
+    plan = plan_run(chosen, opts, model_dir, dtypes)
+    model = load.load_model(model_dir, rt.device, rt.dtypes, opts.llm_file) if plan.todo else None
     if model is not None and rt.compile:
         runtime.compile_model(model)
     config = model.config if model is not None else model_config.read_config(model_dir, opts.llm_file)
@@ -305,8 +316,8 @@ def run_synth(
     journal = Journal(opts.out / JOURNAL)
     try:
         for result in runner.run(plan.todo) if runner is not None else ():
-            fingerprint = plan.fingerprints[result.id]
-            entry = _report_row(result, by_id[result.id].seed, fingerprint, opts.out, opts.wav_format)
+            seed, fingerprint = by_id[result.id].seed, plan.fingerprints[result.id]
+            entry = _report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
             journal.append(entry)
             done[entry.id] = entry
             on_row(entry)
@@ -328,7 +339,8 @@ def run_synth(
         "sample_rate": config.sample_rate,
         "token_frame_rate": config.token_frame_rate,
         "device": str(rt.device),
-        "dtype": dtype_name,
+        "dtype": dtype_label(opts.dtype, dtypes),
+        "dtypes": dtypes,
         "attention": opts.attention,
         "compile": opts.compile,
         "batch_size": opts.batch_size,

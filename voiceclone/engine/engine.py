@@ -219,7 +219,7 @@ class Engine:
     def _synthesise(self, group: list[_Segment]) -> None:
         """Flow then vocoder for one length bucket of segments; fills `segment.wav`."""
         group = [seg for seg in group if not seg.row.error]
-        device, dtype = self.model.device, self.model.dtype
+        device, dtype = self.model.device, self.model.dtypes.flow
         start = time.perf_counter()
         mels = batching.split_on_failure(lambda items: self._flow_call(items, device, dtype), group, device)
         self._charge(group, "flow", time.perf_counter() - start, lambda seg: len(seg.flow_tokens))

@@ -4,7 +4,11 @@ Rules: `--device auto` is the first CUDA device when one is usable, else the CPU
 device that supports it, float32 elsewhere (CPU, or a CUDA device without bfloat16). float16 needs CUDA: half
 precision on the CPU is slower than float32 and the reference never runs it there, so it is refused with one line.
 bfloat16 on a CPU where oneDNN has no bfloat16 kernels (neither AVX-512 nor AVX-NE-CONVERT, e.g. AVX2-only) runs,
-emulated by ATen and far slower than float32, with one warning line.
+emulated by ATen and far slower than float32, with one warning line. `--dtype mixed` is precision per stage: the LLM
+in float32 (its tokens, and so the durations, are those of a float32 run at any batch size), the flow and the vocoder
+in bfloat16 on a CPU with native bfloat16 or on CUDA (float16 on a GPU without bfloat16); on a CPU without native
+bfloat16 it says so in one line and runs float32. The other values run the LLM and the flow in the dtype and the
+vocoder in float32.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from voiceclone.errors import DeviceError, UsageError
 from voiceclone.files import first_line
 from voiceclone.models.attention import set_attention_backend
 from voiceclone.models.linear import cpu_has_native_bf16
+from voiceclone.models.network import StageDtypes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = "auto, float32, bfloat16, float16 or mixed"
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,14 @@ class Runtime:
     """The resolved execution settings every stage uses."""
 
     device: torch.device
-    dtype: torch.dtype
+    dtypes: StageDtypes
     attention: str
     compile: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The LLM's dtype: the `--dtype` value except for `mixed` (float32); `dtypes` has the other stages'."""
+        return self.dtypes.llm
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,7 +73,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if bf16_ok else torch.float32
     if name not in DTYPES:
-        raise UsageError(f"--dtype: unknown dtype {name!r} (choose auto, float32, bfloat16 or float16)")
+        raise UsageError(f"--dtype: unknown dtype {name!r} (choose {DTYPE_CHOICES})")
     if name == "float16" and not on_cuda:
         raise UsageError("--dtype float16 needs a CUDA device; on the CPU use bfloat16 or float32")
     if name == "bfloat16" and on_cuda and not bf16_ok:
@@ -76,14 +87,32 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def resolve_dtypes(name: str, device: torch.device) -> StageDtypes:
+    """Every stage's dtype for `--dtype name` on `device` (see the module docstring for `mixed`)."""
+    if name != "mixed":
+        return StageDtypes.of(resolve_dtype(name, device))
+    if device.type == "cuda":
+        half = torch.bfloat16 if cuda.has_bf16() else torch.float16
+    elif cpu_has_native_bf16():
+        half = torch.bfloat16
+    else:
+        print(
+            "note: --dtype mixed: this CPU has no native bfloat16 instructions (bfloat16 would be emulated, many times "
+            "slower), so the flow and the vocoder run in float32 like the LLM",
+            file=sys.stderr,
+        )
+        return StageDtypes()
+    return StageDtypes(llm=torch.float32, flow=half, vocoder=half)
+
+
 def resolve_runtime(
     device: str = "auto", dtype: str = "auto", attention: str = "auto", compile: bool = False
 ) -> Runtime:
     """Resolve and validate the four flags together; selects the process-wide attention backend."""
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    set_attention_backend(attention, dev, dt)
-    return Runtime(device=dev, dtype=dt, attention=attention, compile=compile)
+    dtypes = resolve_dtypes(dtype, dev)
+    set_attention_backend(attention, dev, dtypes.llm)
+    return Runtime(device=dev, dtypes=dtypes, attention=attention, compile=compile)
 
 
 def set_cpu_threads(threads: int | None) -> int:

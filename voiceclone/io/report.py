@@ -23,7 +23,8 @@ STATUSES = ("ok", "failed", "skipped")
 
 @dataclass
 class ReportRow:
-    """What one manifest row produced. Durations are seconds; `timings` maps a stage name to seconds."""
+    """What one manifest row produced. Durations are seconds; `timings` maps a stage name to seconds, `dtypes` a
+    network (llm, flow, vocoder) to the dtype it ran in; `speech_token_digest` is `speech_token_digest(tokens)`."""
 
     id: str
     status: str
@@ -35,6 +36,7 @@ class ReportRow:
     text_tokens: int | None = None
     prompt_text_tokens: int | None = None
     speech_tokens: int | None = None
+    speech_token_digest: str | None = None
     min_tokens: int | None = None
     max_tokens: int | None = None
     stop_reason: str | None = None
@@ -47,6 +49,7 @@ class ReportRow:
     seed: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     rtf: float | None = None
+    dtypes: dict[str, str] = field(default_factory=dict)
     fingerprint: str | None = None
 
     def to_dict(self) -> dict:
@@ -62,6 +65,13 @@ class ReportRow:
 
 
 REPORT_FIELDS = tuple(f.name for f in fields(ReportRow))
+FLATTENED = {"timings": "time_{}_s", "dtypes": "dtype_{}"}  # dict fields -> one CSV column per key
+
+
+def speech_token_digest(tokens: Iterable[int]) -> str:
+    """sha256 (hex) of the speech token ids written in decimal, joined by commas, as ASCII: `[12, 7]` hashes
+    `b"12,7"`, no tokens hash `b""`. Two runs made the same tokens exactly when their digests are equal."""
+    return hashlib.sha256(",".join(str(int(t)) for t in tokens).encode("ascii")).hexdigest()
 
 
 def report_jsonl_text(rows: Iterable[ReportRow]) -> str:
@@ -70,16 +80,18 @@ def report_jsonl_text(rows: Iterable[ReportRow]) -> str:
 
 
 def report_csv_text(rows: list[ReportRow]) -> str:
-    """CSV with a header; `timings` flattened to one `time_<stage>_s` column per stage seen in any row."""
-    stages = sorted({stage for row in rows for stage in row.timings})
-    header = [name for name in REPORT_FIELDS if name != "timings"] + [f"time_{stage}_s" for stage in stages]
+    """CSV with a header; `timings` flattened to one `time_<stage>_s` column per stage seen in any row, `dtypes` to
+    one `dtype_<network>` column per network."""
+    plain = [name for name in REPORT_FIELDS if name not in FLATTENED]
+    keys = {name: sorted({key for row in rows for key in getattr(row, name)}) for name in FLATTENED}
+    header = plain + [FLATTENED[name].format(key) for name in FLATTENED for key in keys[name]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
         data = row.to_dict()
-        cells = [data[name] for name in REPORT_FIELDS if name != "timings"]
-        cells += [row.timings.get(stage) for stage in stages]
+        cells = [data[name] for name in plain]
+        cells += [data[name].get(key) for name in FLATTENED for key in keys[name]]
         writer.writerow(["" if c is None else c for c in cells])
     return buffer.getvalue()
 

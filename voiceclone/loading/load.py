@@ -35,14 +35,15 @@ from voiceclone.loading.layout import (
 from voiceclone.models.flow import Flow
 from voiceclone.models.hift import HiFT
 from voiceclone.models.lm import CosyVoice3LM
-from voiceclone.models.network import load_assigned
+from voiceclone.models.network import StageDtypes, load_assigned
 
 States = dict[str, tuple[Path, dict[str, torch.Tensor]]]  # network name -> (weight file, its tensors)
 
 
 @dataclass
 class LoadedModel:
-    """A ready model: config, text tokenizer, the prompt-feature cache and the three networks on one device."""
+    """A ready model: config, text tokenizer, the prompt-feature cache and the three networks on one device, each in
+    its dtype (`dtypes`)."""
 
     config: ModelConfig
     tokenizer: Tokenizer
@@ -51,9 +52,14 @@ class LoadedModel:
     flow: Flow
     hift: HiFT
     device: torch.device
-    dtype: torch.dtype
+    dtypes: StageDtypes
     model_dir: Path
     model_id: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The LLM's dtype (`dtypes` has every stage's)."""
+        return self.dtypes.llm
 
 
 def resolve_model(name: str | Path, allow_download: bool = False) -> Path:
@@ -104,12 +110,14 @@ def load_networks(config: ModelConfig, states: States, official: bool) -> dict[s
 def load_model(
     path: str | Path,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | StageDtypes = torch.float32,
     llm_file: str = "llm.pt",
 ) -> LoadedModel:
     """Load an official CosyVoice3 directory or a converted one (see `resolve_model` for `demo`).
 
-    The LM and flow run in `dtype`; the vocoder stays float32 (its F0 path is float64 inside)."""
+    Each network runs in its `StageDtypes` entry; a single `dtype` is `StageDtypes.of(dtype)` (the LM and flow in it,
+    the vocoder in float32). The vocoder's F0 predictor stays float64 and its source float32 whatever its dtype."""
+    dtypes = dtype if isinstance(dtype, StageDtypes) else StageDtypes.of(dtype)
     model_dir = existing_dir(path)
     config, states, model_id = read_states(model_dir, llm_file)
     networks = load_networks(config, states, official=not is_converted(model_dir))
@@ -120,11 +128,11 @@ def load_model(
         config=config,
         tokenizer=Tokenizer.from_dir(model_dir / BLANK_EN, config.family),
         prompts=PromptCache(frontend),
-        lm=networks["llm"].to(device=device, dtype=dtype),
-        flow=networks["flow"].to(device=device, dtype=dtype),
-        hift=networks["hift"].to(device=device),
+        lm=networks["llm"].to(device=device, dtype=dtypes.llm),
+        flow=networks["flow"].to(device=device, dtype=dtypes.flow),
+        hift=networks["hift"].to(device=device, dtype=dtypes.vocoder),
         device=device,
-        dtype=dtype,
+        dtypes=dtypes,
         model_dir=model_dir,
         model_id=model_id,
     )

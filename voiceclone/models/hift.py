@@ -21,7 +21,7 @@ from voiceclone.models.hift_layers import (
     UpsampleConv1d,
     fold_weight_norm,
 )
-from voiceclone.models.network import load_assigned
+from voiceclone.models.network import PinnedDtype, load_assigned
 
 FLOW_NOISE_CHANNELS = 80  # the reference draws the flow's fixed noise as randn(1, 80, frames)
 
@@ -139,10 +139,11 @@ def sine_noise_table(config: HiFTConfig, flow: FlowConfig) -> SineNoiseTable:
         return _noise_tables[key]
 
 
-class HarmonicSource(nn.Module):
+class HarmonicSource(PinnedDtype):
     """SourceModuleHnNSF with the causal SineGen2: harmonic sines from frame-rate F0 plus fixed noise, tanh(Linear).
 
-    The noise table is drawn on first use (`sine_noise_table(config, flow)`)."""
+    Float32 whatever the vocoder's dtype, as in the reference. The noise table is drawn on first use
+    (`sine_noise_table(config, flow)`)."""
 
     def __init__(self, config: HiFTConfig, flow: FlowConfig):
         super().__init__()
@@ -163,7 +164,7 @@ class HarmonicSource(nn.Module):
         sines = torch.sin(phase) * cfg.nsf_alpha
         uv = (f0 > cfg.nsf_voiced_threshold).to(f0.dtype)
         noise_amp = uv * cfg.nsf_sigma + (1 - uv) * cfg.nsf_alpha / 3
-        w, b = self.l_linear.weight.float(), self.l_linear.bias.float()
+        w, b = self.l_linear.weight, self.l_linear.bias
         harmonic = F.linear(sines * uv[..., None], w).squeeze(-1)
         n_samples = f0.shape[1] * up
         noise = F.linear(sine_noise_table(cfg, self.flow).head(n_samples), w.cpu()).squeeze(-1).to(f0.device)

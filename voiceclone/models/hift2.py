@@ -12,6 +12,7 @@ from torch import Tensor
 
 from voiceclone.models.hift import HiFT, HiFTConfig
 from voiceclone.models.hift_layers import F0Predictor, PaddedConv1d, ResBlock
+from voiceclone.models.network import PinnedDtype
 
 
 class TransposedConv1d(nn.ConvTranspose1d):
@@ -20,14 +21,14 @@ class TransposedConv1d(nn.ConvTranspose1d):
     weight_normed = True
 
 
-class NoisySineSource(nn.Module):
+class NoisySineSource(PinnedDtype):
     """SourceModuleHnNSF with the non-causal SineGen2: harmonic sines plus Gaussian noise, merged by tanh(Linear).
 
     The sines are those of the reference: per-frame phase increments (the linear downsampling reads two equal
     samples of each frame), their cumulative phase, linearly upsampled to samples. The noise is drawn from the row's
     generator exactly as the reference draws it from the global one: `rand(1, H)` (the initial phases, which never
     reach the output), the (1, L, H) noise in the channel-major memory order of the reference's tensor, then an
-    unused (1, L, 1) normal draw.
+    unused (1, L, 1) normal draw. Float32 whatever the vocoder's dtype.
     """
 
     def __init__(self, config: HiFTConfig):
@@ -56,7 +57,7 @@ class NoisySineSource(nn.Module):
             noise = noise.normal_(generator=generator)[0].T.to(f0.device)  # (H, samples), contiguous
             torch.empty(1, samples, 1).normal_(generator=generator)
             waves = waves + noise_amp * noise
-        w, b = self.l_linear.weight.float(), self.l_linear.bias.float()
+        w, b = self.l_linear.weight, self.l_linear.bias
         return torch.tanh(F.linear(waves.T, w, b)).squeeze(-1)
 
 

@@ -1,4 +1,5 @@
-"""What every network shares: modules whose tensors keep their dtype, and strict loading by assignment.
+"""What every network shares: the dtype each network runs in, modules whose tensors keep their dtype, and strict
+loading by assignment.
 
 Numerics rule: a tensor that must keep its dtype whatever the network is cast to (rotary frequencies and the flow's
 fixed noise in float32, the F0 predictor in float64) lives in a `PinnedDtype` module. Computed tensors that no
@@ -7,7 +8,30 @@ checkpoint holds are made on the CPU explicitly, so they are real even when a ne
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor, nn
+
+STAGES = ("llm", "flow", "vocoder")
+
+
+@dataclass(frozen=True)
+class StageDtypes:
+    """The dtype each network runs in (the LLM, the flow, the vocoder's convolution stack)."""
+
+    llm: torch.dtype = torch.float32
+    flow: torch.dtype = torch.float32
+    vocoder: torch.dtype = torch.float32
+
+    @classmethod
+    def of(cls, dtype: torch.dtype) -> StageDtypes:
+        """One dtype for the LLM and the flow; the vocoder in float32 (`--dtype float32|bfloat16|float16`)."""
+        return cls(llm=dtype, flow=dtype, vocoder=torch.float32)
+
+    def names(self) -> dict[str, str]:
+        """{"llm": "float32", "flow": "bfloat16", "vocoder": "bfloat16"}: as reports and fingerprints record them."""
+        return {stage: str(getattr(self, stage)).removeprefix("torch.") for stage in STAGES}
 
 
 class PinnedDtype(nn.Module):
