@@ -217,6 +217,23 @@ def test_packed_cpu_linear_equals_plain_linear_and_skips_bf16_without_native_sup
     assert (layer._packed is None) is (dtype == torch.bfloat16)  # fp32 packs; bf16 without native support does not
 
 
+def test_packed_linear_fuses_tanh_gelu_and_packs_only_its_dtypes(monkeypatch):
+    x = torch.randn(2, 7, 64, generator=torch.Generator().manual_seed(1))
+    fused = linear.Linear(64, 96, tanh_gelu=True).eval()
+    bf16_only = linear.Linear(64, 96, tanh_gelu=True, pack_dtypes=(torch.bfloat16,)).eval()
+    bf16_only.load_state_dict(fused.state_dict())
+    with torch.inference_mode():
+        packed, plain = fused(x), bf16_only(x)
+    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, fused.weight, fused.bias), approximate="tanh")
+    assert torch.equal(plain, expected) and bf16_only._packed is None  # float32 left to ATen: bit for bit
+    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
+    assert fused._packed is not None
+    monkeypatch.setattr(linear, "cpu_has_native_bf16", lambda: True)
+    with torch.inference_mode():
+        assert bf16_only.to(torch.bfloat16)._use_onednn(x.to(torch.bfloat16))
+        assert not bf16_only.float()._use_onednn(x)
+
+
 def test_qwen2_defaults_match_released_key_shapes():
     """The defaults (Qwen2-0.5B) build (on the meta device) exactly the llm.pt keys and shapes of the released
     CosyVoice3."""

@@ -34,18 +34,18 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def native_bf16(monkeypatch):
-    """`--dtype mixed` takes this CPU for one with native bfloat16."""
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    """`--dtype mixed` takes this CPU for one with bfloat16 arithmetic."""
+    monkeypatch.setattr(runtime, "cpu_has_bf16_dot", lambda: True)
 
 
 def test_mixed_dtypes_per_device(monkeypatch, capsys):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_dot", lambda: True)
     assert runtime.resolve_dtypes("mixed", CPU) == MIXED_BF16
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_dot", lambda: False)
     assert runtime.resolve_dtypes("mixed", CPU) == StageDtypes()
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("note: --dtype mixed: this CPU has no native bfloat16") and "float32" in line
+    assert line.startswith("note: --dtype mixed: this CPU has no bfloat16 arithmetic") and "float32" in line
     for has_bf16, half in [(True, torch.bfloat16), (False, torch.float16)]:
         monkeypatch.setattr(runtime.cuda, "has_bf16", lambda has=has_bf16: has)
         assert runtime.resolve_dtypes("mixed", torch.device("cuda", 0)) == StageDtypes(torch.float32, half, half)
@@ -124,7 +124,7 @@ def test_mixed_run_of_the_demo_model_matches_float32(tmp_path: Path, native_bf16
     check = CliRunner().invoke(app, ["check-durations", str(mixed), "--tokens-from", str(exact), "--quiet"])
     assert check.exit_code == 0 and "PASS: 2 rows, 0 failed" in check.output, check.output
     # Without native bfloat16, mixed runs float32: a float32 run's rows are kept on --resume.
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_dot", lambda: False)
     resumed = synth(manifest, exact, "--dtype", "mixed", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((exact / "summary.json").read_text())["reused"] == 2

@@ -6,8 +6,8 @@ precision on the CPU is slower than float32 and the reference never runs it ther
 bfloat16 on a CPU where oneDNN has no bfloat16 kernels (neither AVX-512 nor AVX-NE-CONVERT, e.g. AVX2-only) runs,
 emulated by ATen and far slower than float32, with one warning line. `--dtype mixed` is precision per stage: the LLM
 in float32 (its tokens, and so the durations, are those of a float32 run at any batch size), the flow and the vocoder
-in bfloat16 on a CPU with native bfloat16 or on CUDA (float16 on a GPU without bfloat16); on a CPU without native
-bfloat16 it says so in one line and runs float32. The other values run the LLM and the flow in the dtype and the
+in bfloat16 on a CPU with bfloat16 arithmetic (AVX512_BF16 or AMX) or on CUDA (float16 on a GPU without bfloat16);
+on any other CPU it says so in one line and runs float32. The other values run the LLM and the flow in the dtype and the
 vocoder in float32.
 """
 
@@ -25,7 +25,7 @@ from voiceclone.engine import cuda
 from voiceclone.errors import DeviceError, UsageError
 from voiceclone.files import first_line
 from voiceclone.models.attention import set_attention_backend
-from voiceclone.models.linear import cpu_has_native_bf16
+from voiceclone.models.linear import cpu_has_bf16_dot, cpu_has_native_bf16
 from voiceclone.models.network import StageDtypes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -93,12 +93,12 @@ def resolve_dtypes(name: str, device: torch.device) -> StageDtypes:
         return StageDtypes.of(resolve_dtype(name, device))
     if device.type == "cuda":
         half = torch.bfloat16 if cuda.has_bf16() else torch.float16
-    elif cpu_has_native_bf16():
+    elif cpu_has_bf16_dot():
         half = torch.bfloat16
     else:
         print(
-            "note: --dtype mixed: this CPU has no native bfloat16 instructions (bfloat16 would be emulated, many times "
-            "slower), so the flow and the vocoder run in float32 like the LLM",
+            "note: --dtype mixed: this CPU has no bfloat16 arithmetic (AVX512_BF16 or AMX; without it bfloat16 is no "
+            "faster than float32), so the flow and the vocoder run in float32 like the LLM",
             file=sys.stderr,
         )
         return StageDtypes()
