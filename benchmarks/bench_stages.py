@@ -2,7 +2,9 @@
 
 LLM decode tokens/s at several batch sizes (every row forced to the same length: min_len = max_len), the batch-1
 decode step against the memory-bandwidth floor (weight bytes read per step / measured bandwidth), flow mel frames/s
-and its time against the GEMM floor (its FLOPs / measured matmul FLOP/s), vocoder samples/s.
+and its time against the GEMM floor (its FLOPs / the best measured GEMM FLOP/s at the estimator's shape, ATen's or the
+packed oneDNN linear's), where the flow's CPU time goes by kind of op, vocoder samples/s. Each network runs in the
+dtype measured. The JSON records the host's facts (benchmarks/host.py) beside the numbers.
 
     python benchmarks/make_model.py --family cosyvoice3 --size full --seed 0 /tmp/cv3-full
     python benchmarks/bench_stages.py --model /tmp/cv3-full --dtype float32 bfloat16
@@ -17,13 +19,17 @@ import time
 from pathlib import Path
 
 import torch
-from floors import best_seconds, machine, matmul_flops, memory_bandwidth, results_tag
+from breakdown import breakdown, print_breakdown
+from floors import best_seconds, machine, matmul_flops, memory_bandwidth, packed_linear_flops, results_tag
+from host import bf16_targets_note, host_facts, warnings_for
 from torch.utils.flop_counter import FlopCounterMode
 
 from voiceclone.engine import runtime
 from voiceclone.engine.decoding import LMRequest, TokenGenerator
 from voiceclone.frontend import text
 from voiceclone.loading.load import load_model
+from voiceclone.models.linear import cpu_has_bf16_dot
+from voiceclone.models.network import StageDtypes
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PROMPT = HERE.parent / "examples" / "prompts" / "stella_16k.wav"
@@ -62,8 +68,9 @@ def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int, pr
 
 def bench_flow(model, prompt, tokens: int, prompt_tokens: int, repeats: int) -> dict:
     """Flow mel frames/s for one row of `tokens` speech tokens after `prompt_tokens` prompt tokens, and its FLOPs
-    (counted on the first, warm-up call) against the measured GEMM rate at the estimator's shape."""
-    device, dtype = model.device, model.dtype
+    (counted on the first, warm-up call) against the best measured GEMM rate at the estimator's shape; where its CPU
+    time goes by kind of op (one profiled call)."""
+    device, dtype = model.device, model.dtypes.flow
     gen = torch.Generator().manual_seed(0)
     speech = torch.randint(0, model.config.lm.speech_token_size, (tokens,), generator=gen).to(device)
     ratio = model.config.flow.token_mel_ratio
@@ -79,8 +86,12 @@ def bench_flow(model, prompt, tokens: int, prompt_tokens: int, repeats: int) -> 
     seconds = best_seconds(lambda: model.flow.inference(*args), device, repeats, warmup=0)
     dit = model.config.flow.dit
     frames_total = ratio * (tokens + min(prompt_tokens, len(prompt.speech_tokens)))
-    gemm = matmul_flops(device, dtype, m=2 * frames_total, k=dit.dim, n=dit.dim * dit.ff_mult)
+    shape = {"m": 2 * frames_total, "k": dit.dim, "n": dit.dim * dit.ff_mult}
+    aten = matmul_flops(device, dtype, **shape)
+    packed = packed_linear_flops(dtype, **shape) if device.type == "cpu" else 0.0
+    gemm = max(aten, packed)
     floor = flops / gemm
+    profile = breakdown(lambda: model.flow.inference(*args)) if device.type == "cpu" else None
     return {
         "tokens": tokens,
         "mel_frames": ratio * tokens,
@@ -89,8 +100,11 @@ def bench_flow(model, prompt, tokens: int, prompt_tokens: int, repeats: int) -> 
         "mel_frames_per_s": ratio * tokens / seconds,
         "gflop": flops / 1e9,
         "gemm_gflop_per_s": gemm / 1e9,
+        "gemm_aten_gflop_per_s": aten / 1e9,
+        "gemm_packed_gflop_per_s": packed / 1e9,
         "gemm_floor_s": floor,
         "ratio_to_floor": seconds / floor,
+        "cpu_time_by_kind": profile,
     }
 
 
@@ -106,7 +120,7 @@ def bench_hift(model, frames: int, repeats: int) -> dict:
 def run(args: argparse.Namespace, dtype_name: str) -> dict:
     rt = runtime.resolve_runtime(args.device, dtype_name, args.attention, compile=False)
     start = time.perf_counter()
-    model = load_model(args.model, rt.device, rt.dtypes)
+    model = load_model(args.model, rt.device, StageDtypes(rt.dtype, rt.dtype, rt.dtype))  # every stage in the dtype
     load_s = time.perf_counter() - start
     prompt = model.prompts.frontend.extract(Path(args.prompt))
     bandwidth = memory_bandwidth(rt.device)
@@ -141,13 +155,15 @@ def print_summary(result: dict) -> None:
             print(f"  decode throughput {key.removesuffix('_speedup_vs_batch1')} / batch1: {value:.2f}x")
     print(f"  flow {flow['mel_frames_per_s']:.1f} mel frames/s; {flow['seconds']:.3f} s vs GEMM floor")
     print(f"       {flow['gemm_floor_s']:.3f} s ({flow['gflop']:.1f} GFLOP at {flow['gemm_gflop_per_s']:.0f} GFLOP/s)")
+    if flow["cpu_time_by_kind"]:
+        print_breakdown(flow["cpu_time_by_kind"], "flow CPU time by kind of op")
     print(f"  vocoder {hift['samples_per_s']:.0f} samples/s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory (make one with benchmarks/make_model.py)")
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=None, help="default: float32, and bfloat16 where it is fast")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -162,15 +178,20 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args()
     threads = runtime.set_cpu_threads(args.threads)
+    device = runtime.resolve_device(args.device)
     load_before = os.getloadavg()[0]
+    host = host_facts(device)
+    for line in [bf16_targets_note(device), *warnings_for(host)]:
+        if line:
+            print(f"note: {line}")
+    fast_bf16 = device.type == "cuda" or cpu_has_bf16_dot()
     results = []
-    for dtype_name in args.dtype:
+    for dtype_name in args.dtype or (["float32", "bfloat16"] if fast_bf16 else ["float32"]):
         results.append(run(args, dtype_name))
         print_summary(results[-1])
-    device = runtime.resolve_device(args.device)
     out = Path(args.out or HERE / "results" / f"stages-{Path(args.model).name}-{results_tag(device)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": str(args.model), "device": str(device), "threads": threads, **machine(device)}
+    meta = {"model": str(args.model), "device": str(device), "threads": threads, **machine(device), "host": host}
     meta["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
     meta["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from voiceclone.models.linear import cpu_has_native_bf16
+from voiceclone.models.linear import Linear, cpu_has_native_bf16
 
 
 def sync(device: torch.device) -> None:
@@ -49,6 +49,18 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, m: int = 2048, k: int
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
     seconds = best_seconds(lambda: a @ b, device)
+    return 2 * m * k * n / seconds
+
+
+def packed_linear_flops(dtype: torch.dtype, m: int, k: int, n: int) -> float:
+    """FLOP/s of the CPU's packed oneDNN linear (models.linear.Linear, as the LLM and the bfloat16 DiT run) on an
+    (m, k) input and a (k -> n) weight; 0.0 where it does not run (bfloat16 without oneDNN bfloat16 kernels)."""
+    layer = Linear(k, n, bias=False).to(dtype).eval().requires_grad_(False)
+    x = torch.randn(m, k).to(dtype)
+    if not layer._use_onednn(x):
+        return 0.0
+    with torch.inference_mode():
+        seconds = best_seconds(lambda: layer(x), torch.device("cpu"))
     return 2 * m * k * n / seconds
 
 
