@@ -24,6 +24,26 @@ def _load(data: dict) -> str:
     return f"load average before/after {before:.1f}/{after:.1f}"
 
 
+def host_line(data: dict) -> list[str]:
+    """One line of the host facts that explain a difference between hosts (results files without them: none)."""
+    host = data.get("host")
+    if not host or "cpu" not in host:
+        return []
+    cpu, threads, gemm = host["cpu"], host["threads"], host["gemm_in_cache_GFLOPps"]
+    flags = [flag for flag, present in cpu["isa_flags"].items() if present and flag.startswith(("avx512_bf16", "amx"))]
+    scaling = "; ".join(f"{dtype} " + " -> ".join(f"{v:.0f}" for v in rates.values()) for dtype, rates in gemm.items())
+    kernels = host["onednn"].get("cases", {})
+    chosen = sorted({k["impl"] for case in kernels.values() for k in case if k["kind"] in ("inner_product", "matmul")})
+    caches = ", ".join(f"L{c['level']}{(c['type'] or '')[0]} {c['size']}" for c in host["caches"])
+    return [
+        "",
+        f"Host: {cpu['model']} (family {cpu['family']} model {cpu['model_id']}), bf16 arithmetic: "
+        f"{', '.join(flags) or 'none'}; {caches}; {threads['torch_threads']} threads on {threads['distinct_cores']} "
+        f"cores; in-cache GEMM GFLOP/s 1 thread -> all: {scaling}; copy {host['copy_bandwidth_GBps']:.1f} GB/s; "
+        f"oneDNN {host['libraries']['onednn']} GEMM kernels: {', '.join(chosen) or 'none'}.",
+    ]
+
+
 def stages_table(data: dict) -> list[str]:
     lines = [
         f"Per stage: `{Path(data['model']).name}` on {_where(data, str(data['threads']) + ' threads')}, {data['utc']}, "
@@ -45,7 +65,7 @@ def stages_table(data: dict) -> list[str]:
     bandwidth = ", ".join(f"{r['dtype']} {r['memory_bandwidth_GBps']:.1f} GB/s" for r in data["results"])
     gemm = ", ".join(f"{r['dtype']} {r['flow']['gemm_gflop_per_s']:.0f} GFLOP/s" for r in data["results"])
     lines += ["", f"Measured copy bandwidth: {bandwidth}; matmul at the estimator's shape: {gemm}."]
-    return lines
+    return lines + host_line(data)
 
 
 def e2e_table(data: dict) -> list[str]:
@@ -64,7 +84,7 @@ def e2e_table(data: dict) -> list[str]:
     lines.append("")
     for key, value in data["summary"].items():
         lines.append(f"- {key}: {json.dumps(value)}")
-    return lines
+    return lines + host_line(data)
 
 
 def main() -> None:

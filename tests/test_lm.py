@@ -234,6 +234,20 @@ def test_packed_linear_fuses_tanh_gelu_and_packs_only_its_dtypes(monkeypatch):
         assert not bf16_only.float()._use_onednn(x)
 
 
+def test_packed_linear_under_torch_compile_checks_nothing_else(monkeypatch):
+    """A compiled graph takes the plain path without tracing the CPU checks (tracing them broke the bf16 DiT graph)."""
+
+    def untraceable() -> bool:
+        raise AssertionError("the CPU check ran while compiling")
+
+    monkeypatch.setattr(linear, "cpu_has_native_bf16", untraceable)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    layer = linear.Linear(8, 4, pack_dtypes=(torch.bfloat16,)).to(torch.bfloat16).eval()
+    x = torch.randn(3, 8).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
 def test_qwen2_defaults_match_released_key_shapes():
     """The defaults (Qwen2-0.5B) build (on the meta device) exactly the llm.pt keys and shapes of the released
     CosyVoice3."""

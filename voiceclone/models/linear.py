@@ -67,10 +67,10 @@ class Linear(nn.Linear):
 
     def _use_onednn(self, x: Tensor) -> bool:
         return (
-            x.device.type == "cpu"
+            not torch.compiler.is_compiling()  # first: a compiled graph never traces the checks below
+            and x.device.type == "cpu"
             and x.dtype == self.weight.dtype in self.pack_dtypes
             and (x.dtype == torch.float32 or cpu_has_native_bf16())
             and not (torch.is_grad_enabled() and self.weight.requires_grad)
-            and not torch.compiler.is_compiling()
             and torch.backends.mkldnn.is_available()
         )
