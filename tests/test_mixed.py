@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from voiceclone import dryrun
 from voiceclone.cli import app
 from voiceclone.engine import runtime
 from voiceclone.engine.engine import Engine, EngineSettings
@@ -125,6 +126,22 @@ def test_mixed_run_of_the_demo_model_matches_float32(tmp_path: Path, native_bf16
     assert check.exit_code == 0 and "PASS: 2 rows, 0 failed" in check.output, check.output
     # Without native bfloat16, mixed runs float32: a float32 run's rows are kept on --resume.
     monkeypatch.setattr(runtime, "cpu_has_bf16_dot", lambda: False)
+    args = ["synth", str(manifest), "--model", "demo", "--out", str(exact), "--dtype", "mixed", "--resume"]
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert (
+        dry.exit_code == 0
+        and "dtype mixed (llm float32, flow float32, vocoder float32); --resume: 2 rows kept, 0 to make" in dry.output
+    ), dry.output
     resumed = synth(manifest, exact, "--dtype", "mixed", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((exact / "summary.json").read_text())["reused"] == 2
+
+
+def test_the_dry_run_names_each_networks_dtype(tmp_path: Path, native_bf16):
+    base = ["synth", str(EXAMPLES / "manifest.csv"), "--model", "demo", "--out", str(tmp_path / "out"), "--dry-run"]
+    plain = CliRunner().invoke(app, [*base, "--device", "cpu"])
+    assert plain.exit_code == 0 and "dtype float32 (llm float32, flow float32, vocoder float32);" in plain.output
+    assert StageDtypes().names() == dryrun.FLOAT32_DTYPES  # what the dry run knows without torch
+    mixed = CliRunner().invoke(app, [*base, "--device", "cpu", "--dtype", "mixed"])
+    assert mixed.exit_code == 0, mixed.output
+    assert "dtype mixed (llm float32, flow bfloat16, vocoder bfloat16);" in mixed.output

@@ -231,7 +231,7 @@ def check_durations(
     limit: int | None = LIMIT_OPTION,
     ids: str | None = IDS_OPTION,
     tokens_from: Path | None = typer.Option(
-        None, metavar="OTHER", help="Another run's folder or report.jsonl: each row's tokens must match."
+        None, metavar="OTHER", help="A run folder or report.jsonl whose tokens must match."
     ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
