@@ -81,11 +81,14 @@ def vocoder_batches(
 def split_on_failure(call: Callable[[list[T]], list], items: list[T], device: torch.device) -> list:
     """`call(items)` under the one failure policy: out of memory, the batch is halved and each half retried (down to
     one row); any other error, the rows are retried one by one, so a failure is reported against the rows that cause
-    it. Returns one result or exception per item."""
+    it. On CUDA the device is synchronised before the batch counts as done, so an asynchronous error lands on it too.
+    Returns one result or exception per item."""
     if not items:
         return []
     try:
-        return list(call(items))
+        results = list(call(items))
+        cuda.synchronize(device)
+        return results
     except Exception as exc:
         if len(items) == 1:
             return [exc]

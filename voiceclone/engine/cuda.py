@@ -1,14 +1,19 @@
-"""Every call into `torch.cuda`: availability, bfloat16 support, memory statistics, out-of-memory, CUDA graphs.
+"""Every call into `torch.cuda`: availability, bfloat16 support, memory statistics, synchronisation, out-of-memory,
+CUDA graphs.
 
-The one module that touches `torch.cuda`, so that a test can stand in for the GPU here.
+The one module that touches `torch.cuda`, so that a test can stand in for the GPU here: the fake-CUDA tests replace
+these functions (`monkeypatch.setattr(cuda, ...)`) to count graph captures on the CPU or to raise out-of-memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+GRAPH_CHECK_TOLERANCE = 1e-3  # a replayed decode step must match the eager step this closely (rtol and atol)
 
 
 def is_available() -> bool:
@@ -43,6 +48,12 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(torch.cuda.max_memory_allocated(device))
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work (CUDA only), so an asynchronous error surfaces in the batch that caused it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a CUDA (or other accelerator) out-of-memory error."""
     return isinstance(exc, torch.OutOfMemoryError)
@@ -54,10 +65,16 @@ def free_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def capture_graph(step: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
-    """Run `step` once eagerly on a side stream (warm-up), then capture it as a CUDA graph.
+def graphs_enabled(device: torch.device) -> bool:
+    """Whether decode steps on `device` are replayed from CUDA graphs (CUDA devices only)."""
+    return device.type == "cuda"
 
-    Returns the graph, the graph's output buffer (refilled by every `graph.replay()`) and the eager warm-up result."""
+
+def capture_graph(step: Callable[[], Tensor]) -> tuple[Any, Tensor]:
+    """Run the idempotent `step` once eagerly on a side stream (warm-up), capture it as a CUDA graph, replay it once
+    and check the replay against the eager result (RuntimeError when they differ).
+
+    Returns the graph and its output buffer, refilled by every `graph.replay()`."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -66,4 +83,7 @@ def capture_graph(step: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph, Ten
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         output = step()
-    return graph, output, eager
+    graph.replay()
+    if not torch.allclose(output, eager, rtol=GRAPH_CHECK_TOLERANCE, atol=GRAPH_CHECK_TOLERANCE):
+        raise RuntimeError("a replayed decode step differs from the eager step")
+    return graph, output

@@ -1,6 +1,9 @@
 """Speech-token decoding: the reference's RAS sampler, a static KV cache of decode slots, continuous batching.
 
-The engine owns one `TokenGenerator` per run; the network itself is `voiceclone.models.lm.CosyVoice3LM`.
+The engine owns one `TokenGenerator` per run, and it one `SlotDecoder` (one KV cache and its CUDA graphs) for the whole
+run; the network itself is `voiceclone.models.lm.CosyVoice3LM`. A row's tokens depend only on its seed and on the
+logits: sampling runs on the host from float32 log-probabilities with the row's own CPU generator, so the same seed
+gives the same tokens on the CPU and on a GPU wherever the logits agree (whatever the batch or the slot).
 """
 
 from __future__ import annotations
@@ -99,16 +102,23 @@ def ras_sample(
     return drawn
 
 
-def sample_step(logits: Tensor, rows: Sequence[_Row | None], config: LMConfig) -> list[int | None]:
-    """RAS-sample one id per occupied row from float32 logits (slots, vocab_out); None for empty slots."""
-    logp = logits.log_softmax(dim=-1)
+def sampling_scores(logits: Tensor, rows: Sequence[_Row | None], config: LMConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """The device half of a sampling step: float32 log-probabilities (slots, vocab_out) with the stop ids masked for
+    rows below their min_len, and each row's `top_k` largest probabilities and their ids, in descending order."""
+    logp = logits.float().log_softmax(dim=-1)
     block = [row is not None and row.steps < row.request.min_len for row in rows]
     if any(block):
         blocked = torch.tensor(block).to(logp.device, non_blocking=True)
         logp[:, config.first_stop_id :].masked_fill_(blocked[:, None], -float("inf"))
     probs, ids = logp.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
     top = min(config.top_k, logp.shape[-1])
-    probs, ids = probs[:, :top].cpu().numpy(), ids[:, :top].cpu().numpy()
+    return logp, probs[:, :top], ids[:, :top]
+
+
+def sample_step(logits: Tensor, rows: Sequence[_Row | None], config: LMConfig) -> list[int | None]:
+    """RAS-sample one id per occupied row from float32 logits (slots, vocab_out); None for empty slots."""
+    logp, probs, ids = sampling_scores(logits, rows, config)
+    probs, ids = probs.cpu().numpy(), ids.cpu().numpy()
     sizes = nucleus_sizes(probs, config.top_p, config.top_k)
     out: list[int | None] = []
     for s, row in enumerate(rows):
@@ -121,17 +131,24 @@ def sample_step(logits: Tensor, rows: Sequence[_Row | None], config: LMConfig) -
     return out
 
 
+Sampler = Callable[[Tensor, Sequence[_Row | None], LMConfig], list]
+
+
 class TokenGenerator:
-    """Speech tokens for `LMRequest`s by continuous batching on one static KV cache, kept between calls.
+    """Speech tokens for `LMRequest`s by continuous batching on one static KV cache, kept for the whole run.
 
     Rows enter free cache slots as others finish (`batching.admit`); a row's draws come from
     `torch.Generator().manual_seed(seed)` in the reference's order, so one row equals the reference after
-    `torch.manual_seed(seed)` and never depends on its batch neighbours.
+    `torch.manual_seed(seed)` and never depends on its batch neighbours. The cache has `slots` rows (the run's batch
+    size) from the first call on and a length from the longest row so far, and grows only when a longer row comes, so
+    a run allocates it (and captures its CUDA graphs) once however its groups differ. `counts` has the cache
+    allocations and graph captures so far. `sampler` turns logits into ids (`sample_step`; a test may feed ids).
     """
 
-    def __init__(self, lm: CosyVoice3LM):
-        self.lm = lm
+    def __init__(self, lm: CosyVoice3LM, slots: int = 1, sampler: Sampler = sample_step):
+        self.lm, self.slots, self.sampler = lm, slots, sampler
         self.decoder: SlotDecoder | None = None
+        self.counts = {"kv_cache_allocations": 0, "decode_graph_captures": 0}
 
     @torch.inference_mode()
     def generate(self, requests: list[LMRequest], batch_size: int) -> list[LMResult]:
@@ -168,7 +185,7 @@ class TokenGenerator:
                 if logits is None:
                     logits = fresh.new_zeros(slots, fresh.shape[-1])
                 logits[[s for s, _ in admitted]] = fresh
-            for s, token in enumerate(sample_step(logits, rows, config)):
+            for s, token in enumerate(self.sampler(logits, rows, config)):
                 row = rows[s]
                 if row is None:
                     continue
@@ -182,11 +199,24 @@ class TokenGenerator:
         return results  # type: ignore[return-value]
 
     def _slot_decoder(self, slots: int, longest: int) -> SlotDecoder:
-        """The decoder of the last call when it fits (its cache and CUDA graphs are reused), else a new one."""
-        if self.decoder is None or not self.decoder.fits(slots, longest):
-            self.decoder = None  # free the old cache before allocating the new one
-            max_seq = max(KV_BUCKET, 1 << (longest - 1).bit_length())  # few distinct sizes: reuse across calls
-            self.decoder = SlotDecoder(self.lm, slots, max_seq)
+        """The run's decoder when it fits (its cache and CUDA graphs are reused), else a new one with the run's slots
+        and room for `longest` positions; if the run's slots do not fit in memory, from then on each call's."""
+        old = self.decoder
+        if old is not None and old.fits(slots, longest):
+            return old
+        want = max(slots, self.slots)
+        longest = max(longest, old.cache.max_seq if old is not None else 0)
+        max_seq = max(KV_BUCKET, 1 << (longest - 1).bit_length())  # few distinct sizes: a longer row rarely regrows
+        self.decoder = old = None  # free the old cache before allocating the new one
+        try:
+            self.decoder = SlotDecoder(self.lm, want, max_seq, self.counts)
+        except Exception as exc:
+            if not (cuda.is_out_of_memory(exc) and want > slots):
+                raise
+            cuda.free_cached_memory(self.lm.speech_embedding.weight.device)
+            self.slots = slots
+            return self._slot_decoder(slots, longest)
+        self.counts["kv_cache_allocations"] += 1
         return self.decoder
 
 
@@ -195,25 +225,28 @@ def _prefix(lm: CosyVoice3LM, request: LMRequest) -> Tensor:
 
 
 class SlotDecoder:
-    """One static KV cache of `slots` rows and the steps that fill it: batched prefill, one-token decode of all slots.
+    """One static KV cache of `slots` rows and the steps that fill it: batched prefill, one-token decode of the first
+    n slots (all of them when replayed from CUDA graphs).
 
-    On CUDA the decode step is replayed from CUDA graphs (one per attended key length); each graph is checked once
-    against the eager step, and any failure falls back to eager decoding.
+    Where `cuda.graphs_enabled`, the decode step of every slot is replayed from CUDA graphs, one per attended key
+    length, captured on first use (each counted in `counts["decode_graph_captures"]`) and checked once against the
+    eager step; any capture failure falls back to eager decoding.
     """
 
-    def __init__(self, lm: CosyVoice3LM, slots: int, max_seq: int):
+    def __init__(self, lm: CosyVoice3LM, slots: int, max_seq: int, counts: dict[str, int] | None = None):
         weight = lm.speech_embedding.weight
         self.lm = lm
         self.cache = KVCache(lm.config.qwen, slots, max_seq, weight.dtype, weight.device)
         self.key_mask = torch.zeros(slots, max_seq, dtype=torch.bool, device=weight.device)  # positions holding keys
         self.token_pos = torch.zeros(2, slots, dtype=torch.long, device=weight.device)  # static decode inputs
-        self.graphs: dict[int, tuple[Any, Tensor]] | None = {} if weight.is_cuda else None
+        self.graphs: dict[int, tuple[Any, Tensor]] | None = {} if cuda.graphs_enabled(weight.device) else None
+        self.counts = counts if counts is not None else {"decode_graph_captures": 0}
 
     def fits(self, slots: int, longest: int) -> bool:
         """Whether this decoder serves `slots` rows of up to `longest` positions with the model's current weights."""
         weight = self.lm.speech_embedding.weight
         same_weights = (self.cache.k.dtype, self.cache.k.device) == (weight.dtype, weight.device)
-        return same_weights and self.cache.slots == slots and self.cache.max_seq >= longest
+        return same_weights and self.cache.slots >= slots and self.cache.max_seq >= longest
 
     def prefill(self, slots: list[int], prefixes: list[Tensor]) -> Tensor:
         """Run prefixes (L_i, H) into cache `slots` from position 0.
@@ -233,37 +266,37 @@ class SlotDecoder:
         return self.lm.llm_decoder(last).float()
 
     def decode(self, tokens: list[int], positions: list[int]) -> Tensor:
-        """One step for every slot (slot s feeds tokens[s] at positions[s]); float32 logits (slots, vocab_out).
+        """One step of the first n = len(tokens) slots (slot s feeds tokens[s] at positions[s]); float32 logits
+        (n, vocab_out). Graph replays step every slot (the others feed token 0 at position 0, and their output is
+        dropped).
 
-        The result may be a CUDA graph's output buffer: valid until the next call.
+        The result may be a view of a CUDA graph's output buffer: valid until the next call.
         """
-        self.token_pos.copy_(torch.tensor([tokens, positions]))
+        n = len(tokens)
+        width = n if self.graphs is None else self.cache.slots
+        idle = [0] * (width - n)
+        self.token_pos[:, :width].copy_(torch.tensor([tokens + idle, positions + idle]))
         kv_len = min(self.cache.max_seq, -(-(max(positions) + 1) // KV_BUCKET) * KV_BUCKET)
         if self.graphs is None:
-            return self._step(kv_len)
+            return self._step(kv_len, width)
         if kv_len not in self.graphs:
             try:
-                self.graphs[kv_len] = self._capture(kv_len)
+                self.graphs[kv_len] = cuda.capture_graph(lambda: self._step(kv_len, width))
             except Exception as exc:  # any capture problem: decode eagerly from now on
                 warnings.warn(f"CUDA graph decode disabled, decoding eagerly: {exc}", stacklevel=2)
                 self.graphs = None
-                return self._step(kv_len)
+                return self._step(kv_len, width)[:n]
+            self.counts["decode_graph_captures"] += 1
         graph, logits = self.graphs[kv_len]
         graph.replay()
-        return logits
+        return logits[:n]
 
-    def _step(self, kv_len: int) -> Tensor:
-        """The decode step on the static inputs `token_pos`, attending to the first `kv_len` cache positions."""
-        tokens, positions = self.token_pos[0], self.token_pos[1]
-        self.key_mask.scatter_(1, positions[:, None], True)
+    def _step(self, kv_len: int, width: int) -> Tensor:
+        """The decode step of the first `width` slots on the static inputs `token_pos`, attending to the first
+        `kv_len` cache positions (idempotent: it rewrites the same keys and values)."""
+        tokens, positions = self.token_pos[0, :width], self.token_pos[1, :width]
+        key_mask = self.key_mask[:width]
+        key_mask.scatter_(1, positions[:, None], True)
         x = self.lm.speech_embedding(tokens)[:, None]
-        hidden = self.lm.llm(x, positions[:, None], self.key_mask[:, None, None, :kv_len], self.cache)
+        hidden = self.lm.llm(x, positions[:, None], key_mask[:, None, None, :kv_len], self.cache)
         return self.lm.llm_decoder(hidden[:, 0]).float()
-
-    def _capture(self, kv_len: int) -> tuple[Any, Tensor]:
-        """Capture `_step(kv_len)` after an eager warm-up, and check one replay against it (the step is idempotent)."""
-        graph, logits, expected = cuda.capture_graph(lambda: self._step(kv_len))
-        graph.replay()
-        if not torch.allclose(logits, expected, rtol=1e-3, atol=1e-3):
-            raise RuntimeError("a replayed decode step differs from the eager step")
-        return graph, logits

@@ -116,8 +116,9 @@ def _error_text(exc: BaseException) -> str:
 
 class Engine:
     """Runs rows (`io.manifest.Row`, made ready by `io.manifest.resolve`) through a loaded model
-    (`loading.load.LoadedModel`) batch by batch. The engine owns its token generator (one KV cache, kept between
-    LLM calls); prompt features come from the model's one prompt cache, keyed by `Row.prompt_sha256`."""
+    (`loading.load.LoadedModel`) batch by batch. The engine owns its token generator (one KV cache of `batch_size`
+    slots for the whole run; `stats` counts its allocations and CUDA-graph captures); prompt features come from the
+    model's one prompt cache, keyed by `Row.prompt_sha256`."""
 
     def __init__(self, model, settings: EngineSettings | None = None):
         self.model = model
@@ -125,7 +126,7 @@ class Engine:
         if self.settings.batch_size < 1 or self.settings.max_batch_tokens < 1 or self.settings.window_rows < 1:
             raise ValueError("batch_size, max_batch_tokens and window_rows must be positive")
         self.sample_rate = model.config.sample_rate
-        self.tokens = TokenGenerator(model.lm)
+        self.tokens = TokenGenerator(model.lm, slots=self.settings.batch_size)  # one KV cache for the run
         self.stats: dict[str, float] = {}
 
     def run(self, rows: Iterable[Row]) -> Iterator[SynthResult]:
@@ -146,6 +147,7 @@ class Engine:
             "wall_seconds": wall,
             "rtf": wall / audio if audio else float("nan"),
             "peak_memory_bytes": runtime.peak_memory_bytes(device),
+            **self.tokens.counts,
         }
 
     # -- one window -------------------------------------------------------------------------------------------------

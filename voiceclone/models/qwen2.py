@@ -71,8 +71,8 @@ class KVCache(nn.Module):
         return self.k.shape[3]
 
     def write(self, layer: int, slots: Tensor | None, input_pos: Tensor, k: Tensor, v: Tensor) -> None:
-        """Store k, v (B, kv_heads, T, D) of `slots` (B,) (None: every slot, in order) at positions (B, T)."""
-        rows = self.all_slots if slots is None else slots[:, None]
+        """Store k, v (B, kv_heads, T, D) of `slots` (B,) (None: the first B slots, in order) at positions (B, T)."""
+        rows = self.all_slots[: k.shape[0]] if slots is None else slots[:, None]
         self.k[layer][rows, :, input_pos] = k.transpose(1, 2)
         self.v[layer][rows, :, input_pos] = v.transpose(1, 2)
 
@@ -159,8 +159,8 @@ class Attention(nn.Module):
         if cache is not None:
             cache.write(self.layer, slots, input_pos, k, v)
             if slots is None:
-                k = cache.k[self.layer][:, :, : mask.shape[-1]]
-                v = cache.v[self.layer][:, :, : mask.shape[-1]]
+                k = cache.k[self.layer][:batch, :, : mask.shape[-1]]
+                v = cache.v[self.layer][:batch, :, : mask.shape[-1]]
         out = grouped_attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
 
@@ -216,7 +216,8 @@ class Qwen2(nn.Module):
 
         `mask` is boolean (B, 1, T, S), True = may attend. Without a cache, or with `slots` (rows whose prefix
         starts at position 0, written into those cache slots), the T inputs attend to themselves (S = T).
-        With a cache and `slots=None` the batch is every cache slot in order and attends to the cache's first S keys.
+        With a cache and `slots=None` the batch is the cache's first B slots in order, attending to their first S
+        keys.
         """
         cos, sin = self.rotary_emb(input_pos, embeds.dtype)
         x = embeds
