@@ -155,39 +155,39 @@ def check_graphs(device: torch.device) -> dict:
 
 
 def check_oom_split(device: torch.device) -> dict:
-    """Cap the allocator between what one row of the flow needs and what 16 need: the batch must split, and every row
-    must equal its batch-1 result."""
+    """Cap the allocator at the model plus 3x the largest batch-1 peak: batch 16 must split (flow or vocoder), and
+    every row must equal its batch-1 result."""
     model = load_model(resolve_model("demo"), device, torch.float32)
     requests = [Row(f"long{i}", *PROMPT, " ".join([TARGETS[i % len(TARGETS)]] * 6), seed=50 + i) for i in range(16)]
     requests = resolve(requests, 0)
     model.prompts.get(PROMPT[0], requests[0].prompt_sha256)
-    alone = synth(model, requests, 1)
-    flow_rows: list[int] = []
-    inference = model.flow.inference
-
-    def counted(tokens, *args, **kwargs):
-        flow_rows.append(len(tokens))
-        return inference(tokens, *args, **kwargs)
-
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    synth(model, requests[:1], 1)
+    alone = synth(model, requests, 1)
     one_row = torch.cuda.max_memory_allocated(device) - base
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, (base + 4 * one_row) / total)
-    model.flow.inference = counted
+    fraction = min(1.0, (base + 3 * one_row) / torch.cuda.get_device_properties(device).total_memory)
+    calls: dict[str, list[int]] = {"flow": [], "hift": []}
+    real = {"flow": model.flow.inference, "hift": model.hift.inference}
+
+    def counted(stage: str):
+        def call(batch, *args, **kwargs):
+            calls[stage].append(len(batch))
+            return real[stage](batch, *args, **kwargs)
+
+        return call
+
+    model.flow.inference, model.hift.inference = counted("flow"), counted("hift")
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     try:
         capped = synth(model, requests, 16)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
-        model.flow.inference = inference
+        model.flow.inference, model.hift.inference = real["flow"], real["hift"]
     same = agreement(alone, capped)
-    split = max(flow_rows, default=0) > 1 and min(flow_rows, default=0) < max(flow_rows, default=0)
-    entry = {"memory_fraction": fraction, "flow_batch_sizes": flow_rows, "split": split, **same}
-    entry["errors"] = capped["errors"]
+    split = any(sizes and min(sizes) < max(sizes) for sizes in calls.values())
+    entry = {"memory_fraction": fraction, "batch_sizes": calls, "split": split, **same, "errors": capped["errors"]}
     entry["ok"] = split and same["rows_identical_tokens"] == same["rows"] and not capped["errors"]
     return entry
 
