@@ -23,14 +23,16 @@ import torch._subclasses.fake_tensor as fake_tensor
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from voiceclone.engine import cuda
+from voiceclone.engine import cuda, runtime
 from voiceclone.engine.decoding import LMRequest, SlotDecoder, TokenGenerator, sampling_scores
 from voiceclone.engine.engine import Engine, EngineSettings, _Row, _Segment
+from voiceclone.errors import DeviceError
 from voiceclone.frontend.prompt import PromptFeatures
 from voiceclone.io.manifest import Row
 from voiceclone.loading.config import build_networks
 from voiceclone.loading.demo import model_config
 from voiceclone.models import hift as hift_module
+from voiceclone.models.attention import set_attention_backend
 from voiceclone.models.network import PinnedDtype, StageDtypes
 
 pytestmark = pytest.mark.fake_cuda
@@ -273,3 +275,27 @@ def test_engine_glue_moves_pads_and_buckets_between_stages(fake):
     assert log.big_dtypes(MATMULS, 1024) == {torch.bfloat16}
     # the small ones as in the reference: HiFT's source merge (float32) and F0 classifier (float64)
     assert log.dtypes(MATMULS) == {torch.bfloat16, torch.float32, torch.float64}
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_runtime_rules_on_a_stand_in_gpu(monkeypatch, bf16):
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cuda, "has_bf16", lambda: bf16)
+    monkeypatch.setattr(cuda, "device_name", lambda device: "Stand-in GPU")
+    half = torch.bfloat16 if bf16 else torch.float16
+    try:
+        auto = runtime.resolve_runtime("auto", "auto", "auto")
+        assert auto.device == torch.device("cuda", 0)
+        assert auto.dtypes == StageDtypes.of(torch.bfloat16 if bf16 else torch.float32)
+        mixed = runtime.resolve_runtime("cuda:1", "mixed", "efficient")
+        assert mixed.dtypes == StageDtypes(llm=torch.float32, flow=half, vocoder=half)
+        assert runtime.resolve_dtypes("float16", mixed.device) == StageDtypes.of(torch.float16)
+        if not bf16:
+            with pytest.raises(DeviceError, match="Stand-in GPU has no bfloat16 support"):
+                runtime.resolve_dtype("bfloat16", mixed.device)
+        with pytest.raises(DeviceError, match="only 2 CUDA device"):
+            runtime.resolve_device("cuda:2")
+    finally:
+        set_attention_backend("auto", torch.device("cpu"), torch.float32)
