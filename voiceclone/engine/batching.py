@@ -1,8 +1,10 @@
 """Every batching decision of the engine: LLM groups and decode-slot admission, flow and vocoder buckets, and the one
 out-of-memory policy.
 
-Batching never changes a row's result (every network returns each row's batch-1 result); it only decides speed and
-memory. A batch is bounded by `batch_size` rows and by `max_batch_tokens` (rows x the longest row's length).
+Batching never changes a row's tokens (every network returns each row's batch-1 result); it only decides speed and
+memory. A batch is bounded by `batch_size` rows and by `max_batch_tokens` (rows x the longest row's length). On the CPU
+the flow and the vocoder run one segment per call, so a row's wav bytes equal its batch-1 bytes exactly (batching gains
+nothing there: the flow is GEMM-bound at batch 1); elsewhere they run in buckets, within 1e-4 of batch 1.
 """
 
 from __future__ import annotations
@@ -68,14 +70,27 @@ def admit(slots: Sequence[Any | None], waiting: deque[int]) -> list[tuple[int, i
     return [(slot, waiting.popleft()) for slot in free]
 
 
-def vocoder_batches(
-    items: list[T], frames: Callable[[T], int], device: torch.device, width: int, budget: int, max_padding: float
+def flow_batches(
+    items: list[T],
+    length: Callable[[T], int],
+    device: torch.device,
+    batch_size: int,
+    max_batch_tokens: int,
+    max_padding: float,
 ) -> list[list[T]]:
-    """On the CPU, vocoder batches of at most `budget` mel frames x vocoder `width`: its elementwise-heavy layers are
-    memory bound there, and a batch that leaves the cache only adds traffic. Elsewhere, one batch."""
-    if device.type != "cpu" or not items:
-        return [items]
-    return buckets(items, lambda item: frames(item) * width, len(items), budget, max_padding)
+    """Flow calls: on the CPU one item per call (shortest first), so the result is bit-identical to batch 1;
+    elsewhere `buckets`."""
+    if device.type == "cpu":
+        return [[item] for item in sorted(items, key=length)]
+    return buckets(items, length, batch_size, max_batch_tokens, max_padding)
+
+
+def vocoder_batches(items: list[T], device: torch.device) -> list[list[T]]:
+    """Vocoder calls: on the CPU one item per call (bit-identical to batch 1; its elementwise-heavy layers are memory
+    bound there, so batching only adds cache traffic); elsewhere one batch."""
+    if device.type == "cpu":
+        return [[item] for item in items]
+    return [items] if items else []
 
 
 def split_on_failure(call: Callable[[list[T]], list], items: list[T], device: torch.device) -> list:

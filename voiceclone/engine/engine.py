@@ -3,7 +3,9 @@
 Rows are read in windows of `EngineSettings.window_rows`. Inside a window every stage runs batched: the LLM with
 continuous batching over all segments of all rows, then the flow and the vocoder in length buckets; `batching`
 decides every batch and the one out-of-memory policy. Every network returns each row's batch-1 result, so a row's
-audio never depends on its neighbours. A failing row yields a result with `error` set and the run goes on.
+audio never depends on its neighbours: on the CPU the flow and vocoder run one segment per call (bit-identical wav
+bytes at any batch size), elsewhere in buckets (within 1e-4). A failing row yields a result with `error` set and the
+run goes on.
 """
 
 from __future__ import annotations
@@ -59,15 +61,13 @@ class SynthResult:
 @dataclass
 class EngineSettings:
     """Scheduling knobs: rows per batch, the token budget of one batch (rows x longest row), text normalisation,
-    rows per window, the padding a flow/vocoder bucket may add (fraction of its shortest row), and the CPU
-    vocoder budget (mel frames x vocoder channels per batch)."""
+    rows per window, and the padding a flow bucket may add (fraction of its shortest row)."""
 
     batch_size: int = 8
     max_batch_tokens: int = 32768
     text_frontend: bool = True
     window_rows: int = 64
     max_padding: float = 0.25
-    vocoder_budget: int = 16384
 
 
 @dataclass
@@ -165,7 +165,10 @@ class Engine:
         pending = {id(row): row for row in live if not row.error}
         segments = [segment for row in pending.values() for segment in row.segments]
         s = self.settings
-        for group in batching.buckets(segments, _flow_length, s.batch_size, s.max_batch_tokens, s.max_padding):
+        device = self.model.device
+        for group in batching.flow_batches(
+            segments, _flow_length, device, s.batch_size, s.max_batch_tokens, s.max_padding
+        ):
             self._synthesise(group)
             for row in {id(seg.row): seg.row for seg in group}.values():
                 if id(row) in pending and (row.error or all(seg.wav is not None for seg in row.segments)):
@@ -231,15 +234,11 @@ class Engine:
                 seg.row.error = seg.row.error or _error_text(mel)
             else:
                 ready.append((seg, mel))
-        width, s = self.model.config.hift.base_channels, self.settings
-
-        def frames(item: tuple[_Segment, torch.Tensor]) -> int:
-            return item[1].shape[-1]
 
         def vocode(items: list[tuple[_Segment, torch.Tensor]]) -> list[torch.Tensor]:
             return self.model.hift.inference([mel for _, mel in items])
 
-        for batch in batching.vocoder_batches(ready, frames, device, width, s.vocoder_budget, s.max_padding):
+        for batch in batching.vocoder_batches(ready, device):
             start = time.perf_counter()
             wavs = batching.split_on_failure(vocode, batch, device)
             self._charge([seg for seg, _ in batch], "hift", time.perf_counter() - start, lambda s: len(s.flow_tokens))
