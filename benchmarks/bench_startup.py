@@ -35,6 +35,7 @@ def commands(work: Path, converted: Path, official: Path) -> dict[str, list[str]
             ["synth", str(MANIFEST), "--model", str(converted), "--out", str(work / "o"), "--dry-run", "--resume"]
         ),
         "inspect (converted)": ["inspect", str(converted)],
+        "merge-reports (no shard finished: exit 1)": ["merge-reports", str(work), "--manifest", str(MANIFEST)],
         "inspect (official: reads the .pt weights with torch)": ["inspect", str(official)],
     }
 

@@ -54,6 +54,7 @@ def test_data_modules_and_the_command_line_load_without_torch():
     modules = ["voiceclone.io.manifest", "voiceclone.io.audio", "voiceclone.io.report", "voiceclone.cli"]
     modules += ["voiceclone.synth", "voiceclone.durations", "voiceclone.progress", "voiceclone.io.subset"]
     modules += ["voiceclone.loading.layout", "voiceclone.loading.convert", "voiceclone.usage", "voiceclone.dryrun"]
+    modules += ["voiceclone.shards", "voiceclone.distributed"]
     code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -83,8 +84,9 @@ def heavy_imports(*args: str) -> tuple[list[str], int]:
 
 
 def test_light_commands_import_no_model_library(tmp_path: Path, v3_model_dir: Path):
-    """--help, --version, check-durations, the dry run (with --resume too) and inspect of a converted folder start
-    without torch, torchaudio, librosa or onnxruntime; reading an official folder's .pt weights needs torch."""
+    """--help, --version, check-durations, merge-reports, the dry run (with --resume too) and inspect of a converted
+    folder start without torch, torchaudio, librosa or onnxruntime; reading an official folder's .pt weights needs
+    torch."""
     from voiceclone.loading.convert import convert
 
     converted = convert(v3_model_dir, tmp_path / "converted")
@@ -101,4 +103,5 @@ def test_light_commands_import_no_model_library(tmp_path: Path, v3_model_dir: Pa
         ["inspect", str(converted)],
     ]:
         assert heavy_imports(*args) == ([], 0), args
+    assert heavy_imports("merge-reports", str(tmp_path), "--manifest", manifest) == ([], 1)  # no shard finished
     assert "torch" in heavy_imports("inspect", str(v3_model_dir))[0]

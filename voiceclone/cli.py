@@ -134,6 +134,9 @@ def synth(
     llm_file: str = typer.Option("llm.pt", metavar="FILE", help="LLM weights of an official folder."),
     threads: int | None = typer.Option(None, metavar="N", help="CPU threads for torch."),
     allow_download: bool = typer.Option(False, "--allow-download", help="Download a hub id found in no cache."),
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="I/N", help="Only shard I of N (by a hash of the row id); then merge-reports."
+    ),
     limit: int | None = LIMIT_OPTION,
     ids: str | None = IDS_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -141,6 +144,7 @@ def synth(
     """Clone each manifest row's prompt voice into DIR/<id>.wav, with reports."""
     from voiceclone.io.manifest import load_manifest
     from voiceclone.io.subset import Subset, parse_ids
+    from voiceclone.shards import Shard
     from voiceclone.synth import SynthOptions
 
     try:
@@ -163,6 +167,7 @@ def synth(
             manifest=str(manifest),
             allow_download=allow_download,
             subset=Subset(limit, parse_ids(ids)),
+            shard=Shard.parse(shard) if shard is not None else None,
         )
         rows = load_manifest(manifest, fmt)
         if dry_run:
@@ -178,15 +183,25 @@ def synth(
 
 
 def _run_synth(rows: list, opts, quiet: bool) -> None:
-    """The real run: progress, SIGTERM as Ctrl-C, the closing line, exit 1 when a row failed."""
+    """The real run (one process, or this rank of a torchrun job): progress, SIGTERM as Ctrl-C, the closing line,
+    exit 1 when a row failed or was lost with its rank."""
+    from voiceclone.distributed import RankStopped, launch_from_env, run_ranked
     from voiceclone.progress import progress_for
     from voiceclone.synth import Interrupted, run_synth
 
+    launch = launch_from_env()
+    quiet = quiet or (launch is not None and launch.rank != 0)  # rank 0 speaks for the job
     progress = progress_for(quiet)
     previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         on_model = _demo_notice if opts.model == "demo" and not quiet else (lambda loaded: None)
-        outcome = run_synth(rows, opts, on_start=progress.start, on_row=progress.row, on_model=on_model)
+        callbacks = {"on_start": progress.start, "on_row": progress.row, "on_model": on_model}
+        if launch is not None:
+            outcome = run_ranked(rows, opts, launch, **callbacks)
+        else:
+            outcome = run_synth(rows, opts, **callbacks)
+    except RankStopped as e:
+        raise typer.Exit(e.exit_code) from None
     except VoiceCloneError as e:
         raise _fail(e) from None
     except Interrupted:
@@ -200,7 +215,11 @@ def _run_synth(rows: list, opts, quiet: bool) -> None:
         signal.signal(signal.SIGTERM, previous_handler)
     if not quiet:
         typer.echo(closing_line(outcome.summary, opts.out), err=True)
-    if outcome.failed:
+    if outcome.summary["skipped"]:
+        typer.echo(
+            f"error: {outcome.summary['skipped']} rows were lost with their rank; run again with --resume", err=True
+        )
+    if outcome.failed or outcome.summary["skipped"]:
         raise typer.Exit(1)
 
 
@@ -212,6 +231,40 @@ def closing_line(s: dict, out: Path) -> str:
         f"done: {s['ok']} ok, {s['failed']} failed, {s['reused']} kept from an earlier run{subset}; "
         f"{s['audio_seconds']:.1f} s audio, RTF {rtf}; {s['wall_seconds']:.1f} s wall -> {out}"
     )
+
+
+@app.command("merge-reports", cls=Command, short_help="Merge the shard reports of --shard runs into one report.")
+def merge_reports(
+    out: Path = typer.Argument(..., metavar="OUT", help="The --out folder the shards wrote into."),
+    manifest: Path = typer.Option(..., metavar="FILE", help="The manifest the shards ran."),
+    fmt: str | None = typer.Option(
+        None, "--format", metavar="FORMAT", callback=_format_option, help="Manifest format: csv, tsv, jsonl or lst."
+    ),
+    limit: int | None = LIMIT_OPTION,
+    ids: str | None = IDS_OPTION,
+) -> None:
+    """Write OUT/report.jsonl, report.csv and summary.json, in manifest order, from the shards' reports and journals.
+
+    Exit 1 (writing nothing) while a row is not finished by any shard, or when a row failed."""
+    from voiceclone import shards
+    from voiceclone.io.manifest import load_manifest
+    from voiceclone.io.subset import Subset, parse_ids
+
+    try:
+        if not out.is_dir():
+            raise UsageError(f"{out}: not a folder")
+        rows = Subset(limit, parse_ids(ids)).select(load_manifest(manifest, fmt))
+        merged = shards.merge(out, rows)
+    except VoiceCloneError as e:
+        raise _fail(e) from None
+    if merged.missing:
+        typer.echo(f"error: {out}: {shards.missing_line(merged.missing)}; nothing written", err=True)
+        raise typer.Exit(1)
+    shards.write_merged(out, merged)
+    s = merged.summary
+    typer.echo(f"merged {s['rows']} rows ({s['ok']} ok, {s['failed']} failed) of {s['world_size']} shards -> {out}")
+    if s["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command("check-durations", cls=Command, short_help="Check the wavs of a synth run.")

@@ -11,14 +11,8 @@ from pathlib import Path
 from voiceclone.errors import ModelError
 from voiceclone.io.manifest import Row
 from voiceclone.loading import layout
-from voiceclone.synth import (
-    SynthOptions,
-    dtype_label,
-    existing_outputs,
-    plan_run,
-    refuse_dropping_rows,
-    refuse_existing,
-)
+from voiceclone.outdir import existing_outputs, run_files
+from voiceclone.synth import SynthOptions, check_out, dtype_label, plan_run
 
 GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 FLOAT32_DTYPES = {"llm": "float32", "flow": "float32", "vocoder": "float32"}  # StageDtypes().names(), without torch
@@ -62,11 +56,10 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     and with `--resume` which rows it would keep; returns the one-line summary."""
     from voiceclone.loading import hub
 
-    chosen = opts.subset.select(rows)
+    whole = opts.subset.select(rows)
+    chosen = opts.shard.select(whole) if opts.shard is not None else whole
     device, dtypes = runtime_names(opts)
-    refuse_existing(opts.out, chosen, opts.resume, opts.force)
-    if opts.subset.given:
-        refuse_dropping_rows(opts.out, chosen)
+    check_out(chosen, whole, opts)
     model, model_dir = opts.model, None
     if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
         model += " (in no local cache: the run downloads it)"
@@ -76,14 +69,16 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     prompts = {row.prompt_audio for row in chosen}
     seeded = sum(row.seed is not None for row in chosen)
     refs = sum(row.reference_audio is not None for row in chosen)
-    subset = f", {len(chosen)} chosen by --limit/--ids" if opts.subset.given else ""
+    subset = f", {len(whole)} chosen by --limit/--ids" if opts.subset.given else ""
+    subset += f", {len(chosen)} in shard {opts.shard.label}" if opts.shard is not None else ""
     line = (
         f"dry run: {len(rows)} rows valid{subset} ({len(prompts)} distinct prompts, {seeded} with an explicit seed, "
         f"{refs} with reference audio); model {model}; device {device}, dtype {dtype_label(opts.dtype, dtypes)} "
         f"({', '.join(f'{k} {v}' for k, v in dtypes.items())}); "
     )
     if not opts.resume:
-        return line + f"{len(existing_outputs(opts.out, chosen))} existing outputs in {opts.out}"
+        found = existing_outputs(opts.out, chosen, run_files(opts.out, opts.shard))
+        return line + f"{len(found)} existing outputs in {opts.out}"
     if model_dir is None and model == "demo":
         from voiceclone.loading.load import resolve_model
 

@@ -1,15 +1,16 @@
-"""The `synth` run lifecycle: output-folder checks, resume planning, the engine loop, wavs and report files.
+"""The `synth` run lifecycle: output-folder checks (`outdir`), resume planning, the engine loop, wavs and report files.
 
 Durability: each wav is written atomically (audio.write_wav), each finished row is appended to a journal as one
 complete line, and `report.jsonl` / `report.csv` / `summary.json` are only ever replaced whole (temp name + rename).
-A run killed at any point leaves complete files only; `--resume` reads the report and the journal and keeps every row
-whose wav is intact and whose fingerprint (prompt bytes, texts, seed, model id, output settings) still matches.
+A run killed at any point leaves complete files only; `--resume` reads the reports and journals and keeps every row
+whose wav is intact and whose fingerprint (prompt bytes, texts, seed, model id, output settings) still matches. A
+`--shard I/N` run (or torchrun rank) does the same for its own rows and writes a shard report instead (`shards`).
 """
 
 from __future__ import annotations
 
 import datetime
-import os
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,18 +18,15 @@ from pathlib import Path
 
 from voiceclone import __version__
 from voiceclone.errors import UsageError
-from voiceclone.files import is_temp_name
+from voiceclone.files import atomic_write_text
 from voiceclone.frontend.text import frontend_id
 from voiceclone.io import audio
 from voiceclone.io.manifest import Row, resolve
 from voiceclone.io.report import (
     JOURNAL,
-    REPORT_CSV,
-    REPORT_JSONL,
-    SUMMARY_JSON,
     Journal,
     ReportRow,
-    read_report_rows,
+    report_jsonl_text,
     row_fingerprint,
     speech_token_digest,
     summarize,
@@ -37,8 +35,15 @@ from voiceclone.io.report import (
 )
 from voiceclone.io.subset import Subset
 from voiceclone.loading import layout
-
-RUN_FILES = (REPORT_JSONL, REPORT_CSV, SUMMARY_JSON, JOURNAL)
+from voiceclone.outdir import (
+    make_out_dir,
+    refuse_dropping_rows,
+    refuse_existing,
+    remove_temp_files,
+    run_files,
+    wav_intact,
+)
+from voiceclone.shards import Shard, previous_rows, remove_shard_files, shard_entry
 
 
 @dataclass
@@ -63,6 +68,8 @@ class SynthOptions:
     manifest: str = ""
     allow_download: bool = False
     subset: Subset = field(default_factory=Subset)
+    shard: Shard | None = None
+    owner: bool = True
 
     def __post_init__(self) -> None:
         """Flag combinations and values that are wrong before anything else happens (the dry run checks them too)."""
@@ -102,53 +109,24 @@ class Interrupted(Exception):
         self.outcome = outcome
 
 
-def existing_outputs(out: Path, rows: list[Row]) -> list[str]:
-    """Names of files in `out` this run would overwrite."""
-    if not out.is_dir():
-        return []
-    names = [name for name in RUN_FILES if os.path.lexists(out / name)]
-    return names + [f"{row.id}.wav" for row in rows if os.path.lexists(out / f"{row.id}.wav")]
+def check_out(rows: list[Row], chosen: list[Row], opts: SynthOptions) -> None:
+    """Refuse an `--out` holding this run's outputs without --resume/--force, or a subset that would drop report rows
+    (`rows`: what this process makes, `chosen`: the whole run's rows)."""
+    refuse_existing(opts.out, rows, opts.resume, opts.force, run_files(opts.out, opts.shard))
+    if opts.subset.given:
+        refuse_dropping_rows(opts.out, chosen)
 
 
-def refuse_existing(out: Path, rows: list[Row], resume: bool, force: bool) -> None:
-    """UsageError when `out` is not a folder, or holds this manifest's outputs and neither --resume nor --force."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    for name in RUN_FILES:
-        if (out / name).is_symlink():
-            raise UsageError(f"{out / name}: is a symbolic link; voiceclone never writes through links (remove it)")
-    found = existing_outputs(out, rows)
-    if found and not (resume or force):
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise UsageError(f"{out}: already holds outputs ({shown}); pass --resume to continue or --force to overwrite")
-
-
-def refuse_dropping_rows(out: Path, rows: list[Row]) -> None:
-    """UsageError when a subset run (`--limit`/`--ids`) would drop rows of an earlier report from `out`'s report: its
-    report covers only the subset, so a subset never shrinks a report (a smaller one goes to another `--out`)."""
-    earlier = set(read_report_rows(out / REPORT_JSONL)) | set(read_report_rows(out / JOURNAL))
-    dropped = earlier - {row.id for row in rows}
-    if dropped:
-        raise UsageError(
-            f"{out}: its report holds {len(dropped)} rows outside --limit/--ids, which this run's report would drop; "
-            "choose another --out or run without --limit/--ids"
-        )
-
-
-def make_out_dir(out: Path) -> None:
-    """Create `out` and clear temp files of killed runs (after `refuse_existing` said the run may write there)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
-    remove_temp_files(out)
-
-
-def remove_temp_files(out: Path) -> None:
-    """Delete temp files a killed run of this tool left behind (only names `files.is_temp_name` recognises)."""
-    for path in out.glob(".*"):
-        if is_temp_name(path.name) and not path.is_dir():
-            path.unlink(missing_ok=True)
+def clear_out(opts: SynthOptions) -> None:
+    """Create `--out`; without --resume drop the journal(s) of earlier runs: a shard its own, a whole run all."""
+    make_out_dir(opts.out, clear_temp=opts.shard is None)
+    if opts.resume:
+        return
+    if opts.shard is not None:
+        (opts.out / opts.shard.journal).unlink(missing_ok=True)
+    else:
+        (opts.out / JOURNAL).unlink(missing_ok=True)
+        remove_shard_files(opts.out)
 
 
 def output_settings(opts: SynthOptions, dtypes: dict[str, str]) -> dict:
@@ -162,21 +140,10 @@ def dtype_label(requested: str, dtypes: dict[str, str]) -> str:
     return "mixed" if requested == "mixed" else dtypes["llm"]
 
 
-def wav_intact(path: Path, entry: ReportRow) -> bool:
-    """The wav is a regular file (not a link), decodes its header and has the rate and length the report recorded."""
-    if not path.is_file() or path.is_symlink():
-        return False
-    try:
-        info = audio.audio_info(path)
-    except Exception:
-        return False
-    return info.sample_rate == entry.sample_rate and info.frames == entry.num_samples
-
-
 def reusable_rows(out: Path, fingerprints: dict[str, str]) -> dict[str, ReportRow]:
-    """Previous rows that are ok, match this run's fingerprint, and whose wav is intact."""
-    previous = read_report_rows(out / REPORT_JSONL)
-    previous.update(read_report_rows(out / JOURNAL))
+    """Previous rows (of any report, journal or shard file) that are ok, match this run's fingerprint, and whose wav
+    is intact."""
+    previous = previous_rows(out)
     return {
         row_id: entry
         for row_id, entry in previous.items()
@@ -220,7 +187,7 @@ def longest_run(tokens: list[int]) -> int:
     return best
 
 
-def _report_row(
+def report_row(
     result, row_seed: int, fingerprint: str, out: Path, wav_format: str, dtypes: dict[str, str]
 ) -> ReportRow:
     """Write the row's wav (when it has audio) and describe it."""
@@ -265,6 +232,20 @@ def _report_row(
     return entry
 
 
+def write_outputs(opts: SynthOptions, report_rows: list[ReportRow], summary: dict) -> None:
+    """A whole run: the one report and summary (the journal and shard files are then redundant). A shard: its shard
+    report and summary, for `merge-reports` (or rank 0) to merge."""
+    if opts.shard is None:
+        write_report(opts.out, report_rows)
+        write_summary(opts.out, summary)
+        (opts.out / JOURNAL).unlink(missing_ok=True)
+        remove_shard_files(opts.out)
+        return
+    atomic_write_text(opts.out / opts.shard.report, report_jsonl_text(report_rows))
+    atomic_write_text(opts.out / opts.shard.summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    (opts.out / opts.shard.journal).unlink(missing_ok=True)
+
+
 def run_synth(
     rows: list[Row],
     opts: SynthOptions,
@@ -284,23 +265,22 @@ def run_synth(
     started = time.perf_counter()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     chosen = opts.subset.select(rows)
+    mine = opts.shard.select(chosen) if opts.shard is not None else chosen
     rt = runtime.resolve_runtime(opts.device, opts.dtype, opts.attention, opts.compile)
-    runtime.set_cpu_threads(opts.threads)
-    refuse_existing(opts.out, chosen, opts.resume, opts.force)
-    if opts.subset.given:
-        refuse_dropping_rows(opts.out, chosen)
+    threads = runtime.set_cpu_threads(opts.threads)
+    if opts.owner:
+        check_out(mine, chosen, opts)
     model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
     dtypes = rt.dtypes.names()
-    plan = plan_run(chosen, opts, model_dir, dtypes)
+    plan = plan_run(mine, opts, model_dir, dtypes)
     model = load.load_model(model_dir, rt.device, rt.dtypes, opts.llm_file) if plan.todo else None
     if model is not None and rt.compile:
         runtime.compile_model(model)
     config = model.config if model is not None else model_config.read_config(model_dir, opts.llm_file)
-    make_out_dir(opts.out)
+    if opts.owner:
+        clear_out(opts)
     if model is not None:
         on_model(model)
-    if not opts.resume:
-        (opts.out / JOURNAL).unlink(missing_ok=True)
     for row in plan.todo:
         (opts.out / f"{row.id}.wav").unlink(missing_ok=True)  # never leave an old wav beside a new report entry
     done = dict(plan.kept)
@@ -313,11 +293,12 @@ def run_synth(
         )
         runner = engine.Engine(model, settings)
     interrupted = False
-    journal = Journal(opts.out / JOURNAL)
+    journal_name = opts.shard.journal if opts.shard is not None else JOURNAL
+    journal = Journal(opts.out / journal_name)
     try:
         for result in runner.run(plan.todo) if runner is not None else ():
             seed, fingerprint = by_id[result.id].seed, plan.fingerprints[result.id]
-            entry = _report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
+            entry = report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
             journal.append(entry)
             done[entry.id] = entry
             on_row(entry)
@@ -325,20 +306,45 @@ def run_synth(
         interrupted = True
     finally:
         journal.close()
-        remove_temp_files(opts.out)
+        if opts.shard is None:
+            remove_temp_files(opts.out)
+    facts = {
+        "sample_rate": config.sample_rate,
+        "token_frame_rate": config.token_frame_rate,
+        "device": str(rt.device),
+        "dtypes": dtypes,
+        "threads": threads,
+        "peak_memory_bytes": runner.stats.get("peak_memory_bytes") if runner is not None else None,
+    }
+    return finish_run((len(rows), len(chosen)), opts, plan, done, facts, (started, started_at), interrupted)
+
+
+def finish_run(
+    counts: tuple[int, int],
+    opts: SynthOptions,
+    plan: Plan,
+    done: dict[str, ReportRow],
+    facts: dict,
+    start: tuple[float, str],
+    interrupted: bool,
+) -> SynthOutcome:
+    """The report rows in manifest order (unfinished ones `skipped`), the summary (`facts`: sample_rate,
+    token_frame_rate, device, dtypes, threads, peak_memory_bytes, optionally world_size; `counts`: the manifest's
+    rows and the chosen ones) and the files; raises Interrupted after writing them when `interrupted`."""
     report_rows = [
         done.get(row.id)
         or ReportRow(id=row.id, status="skipped", error="interrupted before this row finished", seed=row.seed)
         for row in plan.rows
     ]
+    dtypes = facts["dtypes"]
     run = {
         "manifest": opts.manifest,
-        "subset": opts.subset.describe(len(rows), len(chosen)),
+        "subset": opts.subset.describe(*counts),
         "model": opts.model,
         "model_id": plan.model_id,
-        "sample_rate": config.sample_rate,
-        "token_frame_rate": config.token_frame_rate,
-        "device": str(rt.device),
+        "sample_rate": facts["sample_rate"],
+        "token_frame_rate": facts["token_frame_rate"],
+        "device": facts["device"],
         "dtype": dtype_label(opts.dtype, dtypes),
         "dtypes": dtypes,
         "attention": opts.attention,
@@ -346,17 +352,20 @@ def run_synth(
         "batch_size": opts.batch_size,
         "max_batch_tokens": opts.max_batch_tokens,
         "seed": opts.seed,
+        "threads": facts["threads"],
         "text_frontend": frontend_id(opts.text_frontend),
         "wav_format": opts.wav_format,
-        "peak_memory_bytes": runner.stats.get("peak_memory_bytes") if runner is not None else None,
+        "peak_memory_bytes": facts["peak_memory_bytes"],
         "interrupted": interrupted,
-        "started": started_at,
+        "started": start[1],
         "voiceclone_version": __version__,
+        "world_size": facts.get("world_size", opts.shard.count if opts.shard is not None else 1),
     }
-    summary = summarize(report_rows, time.perf_counter() - started, run, frozenset(plan.kept))
-    write_report(opts.out, report_rows)
-    write_summary(opts.out, summary)
-    (opts.out / JOURNAL).unlink(missing_ok=True)
+    if opts.shard is not None:
+        run["shard"] = {"index": opts.shard.index, "count": opts.shard.count}
+    summary = summarize(report_rows, time.perf_counter() - start[0], run, frozenset(plan.kept))
+    summary["shards"] = [shard_entry(opts.shard, summary, facts["threads"])]
+    write_outputs(opts, report_rows, summary)
     outcome = SynthOutcome(report_rows, summary)
     if interrupted:
         raise Interrupted(outcome)
