@@ -137,6 +137,10 @@ def synth(
     shard: str | None = typer.Option(
         None, "--shard", metavar="I/N", help="Only shard I of N (by a hash of the row id); then merge-reports."
     ),
+    backend: str = typer.Option("local", metavar="NAME", help="local (this process, or torchrun's ranks) or ray."),
+    ray_address: str | None = typer.Option(None, metavar="ADDR", help="Ray cluster address (default: local)."),
+    workers: int = typer.Option(1, metavar="N", help="Ray actors, one model each."),
+    gpus_per_worker: float = typer.Option(0.0, metavar="G", help="GPUs per Ray actor (0: CPU actors)."),
     limit: int | None = LIMIT_OPTION,
     ids: str | None = IDS_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -169,6 +173,14 @@ def synth(
             subset=Subset(limit, parse_ids(ids)),
             shard=Shard.parse(shard) if shard is not None else None,
         )
+        if backend not in ("local", "ray"):
+            raise UsageError(f"--backend must be local or ray, got {backend!r}")
+        ray_opts = None
+        if backend == "ray":
+            from voiceclone.raybackend import RayOptions, import_ray
+
+            ray_opts = RayOptions(ray_address, workers, gpus_per_worker)
+            import_ray()
         rows = load_manifest(manifest, fmt)
         if dry_run:
             from voiceclone.dryrun import dry_run as dry_run_summary
@@ -179,10 +191,10 @@ def synth(
             return
     except VoiceCloneError as e:
         raise _fail(e) from None
-    _run_synth(rows, opts, quiet)
+    _run_synth(rows, opts, quiet, ray_opts)
 
 
-def _run_synth(rows: list, opts, quiet: bool) -> None:
+def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
     """The real run (one process, or this rank of a torchrun job): progress, SIGTERM as Ctrl-C, the closing line,
     exit 1 when a row failed or was lost with its rank."""
     from voiceclone.distributed import RankStopped, launch_from_env, run_ranked
@@ -196,7 +208,11 @@ def _run_synth(rows: list, opts, quiet: bool) -> None:
     try:
         on_model = _demo_notice if opts.model == "demo" and not quiet else (lambda loaded: None)
         callbacks = {"on_start": progress.start, "on_row": progress.row, "on_model": on_model}
-        if launch is not None:
+        if ray_opts is not None:
+            from voiceclone.raybackend import run_ray
+
+            outcome = run_ray(rows, opts, ray_opts, progress.start, progress.row)
+        elif launch is not None:
             outcome = run_ranked(rows, opts, launch, **callbacks)
         else:
             outcome = run_synth(rows, opts, **callbacks)
