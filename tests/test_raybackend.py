@@ -8,7 +8,7 @@ import importlib.util
 import json
 
 import pytest
-from test_scaleout import assert_same_run, synth_args, write_manifest
+from test_scaleout import assert_same_run, keep_torch_threads, synth_args, write_manifest  # noqa: F401
 from typer.testing import CliRunner
 
 from voiceclone.cli import app

@@ -49,7 +49,18 @@ def write_manifest(folder: Path, order=None) -> Path:
 
 
 def synth_args(manifest: Path, out: Path, *extra: str) -> list[str]:
-    return ["synth", str(manifest), "--model", "demo", "--out", str(out), "--quiet", *extra]
+    """One thread per process everywhere: a row's wav bytes depend on its process's thread count (see README)."""
+    return ["synth", str(manifest), "--model", "demo", "--out", str(out), "--quiet", "--threads", "1", *extra]
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """In-process runs set torch's thread count; later tests get theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def report(out: Path) -> list[dict]:
@@ -142,7 +153,23 @@ def test_torchrun_two_ranks_equal_one_process(one_process, tmp_path):
     assert_same_run(out, reference)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and [s["shard"] for s in summary["shards"]] == ["0/2", "1/2"]
-    assert all(s["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) for s in summary["shards"])
+    assert all(s["threads"] == 1 for s in summary["shards"])
+
+
+def test_rank_defaults_split_the_cores(tmp_path):
+    from voiceclone.distributed import Launch, launch_from_env, rank_options
+    from voiceclone.errors import UsageError
+    from voiceclone.synth import SynthOptions
+
+    launch = launch_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert launch == Launch(1, 4, 1, 2) and launch_from_env({}) is None
+    assert launch_from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None  # a world of one is a plain run
+    opts = rank_options(SynthOptions(model="demo", out=tmp_path), launch, cuda_available=False)
+    assert opts.shard == Shard(1, 4) and not opts.owner and opts.device == "auto"
+    assert opts.threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert rank_options(SynthOptions(model="demo", out=tmp_path), launch, cuda_available=True).device == "cuda:1"
+    with pytest.raises(UsageError, match="exclude each other"):
+        rank_options(SynthOptions(model="demo", out=tmp_path, shard=Shard(0, 2)), launch, False)
 
 
 def children(pid: int) -> list[int]:
