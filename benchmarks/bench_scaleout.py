@@ -118,7 +118,7 @@ def main() -> None:
             print(
                 f"{args.rows} rows, {args.model}: 1 process x 2 threads {r['one_process_2_threads_s']} s, "
                 f"2 ranks x 1 thread {r['two_ranks_1_thread_s']} s, ratio {r['ratio_one_over_two']} "
-                f"(identical wavs: {r['identical_wavs']})"
+                f"(identical wavs: {r['identical_wavs']}; they differ by the last bit where the thread counts differ)"
             )
         if args.merge_rows:
             result["merge"] = m = bench_merge(args.merge_rows, Path(tmp))
