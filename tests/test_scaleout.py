@@ -217,3 +217,15 @@ def test_sigkill_of_one_rank_then_resume_completes_every_row_once(one_process, t
     assert_same_run(out, reference)
     assert [r["id"] for r in report(out)] == [f"row{i}" for i in range(len(TARGETS))]
     assert not (out / JOURNAL).exists()
+
+
+def test_shard_flag_in_the_dry_run_and_bad_values(tmp_path):
+    manifest = write_manifest(tmp_path)
+    runner = CliRunner()
+    args = [a for a in synth_args(manifest, tmp_path / "out", "--shard", "1/2", "--dry-run") if a != "--quiet"]
+    dry = runner.invoke(app, args)
+    owned = len(Shard(1, 2).select(load_manifest(manifest)))
+    assert dry.exit_code == 0 and f", {owned} in shard 1/2" in dry.output
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        result = runner.invoke(app, synth_args(manifest, tmp_path / "out", "--shard", bad, "--dry-run"))
+        assert result.exit_code == 2 and result.output.startswith("error: --shard"), (bad, result.output)
