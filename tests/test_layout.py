@@ -54,7 +54,7 @@ def test_data_modules_and_the_command_line_load_without_torch():
     modules = ["voiceclone.io.manifest", "voiceclone.io.audio", "voiceclone.io.report", "voiceclone.cli"]
     modules += ["voiceclone.synth", "voiceclone.durations", "voiceclone.progress", "voiceclone.io.subset"]
     modules += ["voiceclone.loading.layout", "voiceclone.loading.convert", "voiceclone.usage", "voiceclone.dryrun"]
-    modules += ["voiceclone.shards", "voiceclone.distributed"]
+    modules += ["voiceclone.shards", "voiceclone.distributed", "voiceclone.raybackend", "voiceclone.outdir"]
     code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
