@@ -229,3 +229,14 @@ def test_shard_flag_in_the_dry_run_and_bad_values(tmp_path):
     for bad in ("2/2", "1", "a/b", "0/0"):
         result = runner.invoke(app, synth_args(manifest, tmp_path / "out", "--shard", bad, "--dry-run"))
         assert result.exit_code == 2 and result.output.startswith("error: --shard"), (bad, result.output)
+
+
+def test_torchrun_refusal_by_rank_0_stops_every_rank(one_process, tmp_path):
+    manifest, reference = one_process
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "row0.wav").write_bytes((reference / "row0.wav").read_bytes())  # an earlier output, no --resume/--force
+    done = subprocess.run(torchrun(manifest, out), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("pass --resume to continue or --force to overwrite") == 1, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["row0.wav"]
