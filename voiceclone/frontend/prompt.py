@@ -19,7 +19,7 @@ from voiceclone.frontend.features import (
     matcha_mel,
     whisper_log_mel,
 )
-from voiceclone.io.audio import MAX_PROMPT_SECONDS, AudioError, audio_info
+from voiceclone.io.audio import AudioError, audio_info, prompt_problem
 
 SPEECH_TOKENIZER_FILES = ("speech_tokenizer_v3.onnx", "speech_tokenizer_v2.onnx")
 CAMPPLUS_FILE = "campplus.onnx"
@@ -94,10 +94,10 @@ class PromptFrontend:
     def extract(self, path: str | Path) -> PromptFeatures:
         """Features of one prompt file."""
         path = Path(path)
-        info = audio_info(path)
-        if info.duration_s > MAX_PROMPT_SECONDS:
-            raise AudioError(f"{path}: prompt is {info.duration_s:.1f} s long; the limit is {MAX_PROMPT_SECONDS:.0f} s")
-        return self._compute(path, info.duration_s)
+        problem = prompt_problem(path)
+        if problem:
+            raise AudioError(f"{path}: {problem}")
+        return self._compute(path, audio_info(path).duration_s)
 
     def _compute(self, path: Path, duration_s: float) -> PromptFeatures:
         wav16 = load_mono(path, FEATURE_RATE)

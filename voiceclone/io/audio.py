@@ -1,8 +1,9 @@
 """Wav files with soundfile and numpy: header facts, decoding, atomic writing, and the statistics the report and
-`check-durations` use; the prompt limits every stage checks against."""
+`check-durations` use; the prompt limits every stage checks against (`prompt_problem`)."""
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,11 @@ from voiceclone.files import atomic_write, first_line
 
 MIN_PROMPT_RATE = 16000  # the reference front end refuses prompts sampled below this
 MAX_PROMPT_SECONDS = 30.0  # the speech tokenizer cannot take longer prompts
+MIN_PROMPT_SECONDS = 0.04  # one 25 Hz speech token; under ~30 ms the flow mel's reflect padding fails
+MAX_PROMPT_RATE = 384000  # the highest rate audio interfaces record at
+RESAMPLE_RATES = (16000, 24000)  # the front end resamples prompts to these (speech tokens and speaker; flow mel)
+MAX_RESAMPLE_TAPS = 1 << 22  # filter elements (16 MB) torchaudio's resampler may build for one rate
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})  # sample formats that can hold NaN or infinity
 SILENCE_DBFS = -50.0  # a 10 ms window whose RMS is below this level counts as silence
 SILENCE_WINDOW_S = 0.010
 CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped
@@ -33,15 +39,64 @@ class AudioInfo:
     frames: int
     channels: int
     duration_s: float
+    subtype: str = ""
 
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Sample rate, length and channel count from the file header only."""
+    """Sample rate, length, channel count and sample format from the file header only."""
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for unreadable files
         raise AudioError(f"{path}: cannot read audio header: {first_line(exc)}") from exc
-    return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
+    duration = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    return AudioInfo(info.samplerate, info.frames, info.channels, duration, info.subtype)
+
+
+def resample_taps(rate: int, target: int) -> int:
+    """Elements of the filter torchaudio's `Resample(rate, target)` builds: grows with the reduced ratio's terms."""
+    g = math.gcd(rate, target)
+    return (target // g) * (rate // g)
+
+
+def prompt_rate_problem(rate: int) -> str | None:
+    """Why a prompt's sample rate is unusable (too low, absurdly high, or too costly to resample), or None."""
+    if rate < MIN_PROMPT_RATE:
+        return f"sample rate {rate} Hz is under {MIN_PROMPT_RATE} Hz"
+    if rate > MAX_PROMPT_RATE:
+        return f"sample rate {rate} Hz is over {MAX_PROMPT_RATE} Hz"
+    for target in RESAMPLE_RATES:
+        if resample_taps(rate, target) > MAX_RESAMPLE_TAPS:
+            return f"sample rate {rate} Hz cannot be resampled to {target} Hz cheaply (use a common rate)"
+    return None
+
+
+def nonfinite_samples(path: str | Path, blocksize: int = 1 << 16) -> bool:
+    """Whether a float-format file holds a NaN or infinite sample (read in blocks: memory stays bounded)."""
+    for block in sf.blocks(str(path), blocksize=blocksize, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            return True
+    return False
+
+
+def prompt_problem(path: str | Path) -> str | None:
+    """Why an audio file cannot be a prompt, or None. The header is checked first (rate, length); only then, and only
+    for float formats, are the samples read, to refuse NaN or infinity. Raises AudioError when unreadable."""
+    info = audio_info(path)
+    if info.frames <= 0:
+        return "audio has no samples"
+    problem = prompt_rate_problem(info.sample_rate)
+    if problem:
+        return problem
+    if info.duration_s > MAX_PROMPT_SECONDS:
+        return f"{info.duration_s:.1f} s is over the {MAX_PROMPT_SECONDS:.0f} s prompt limit"
+    if info.duration_s < MIN_PROMPT_SECONDS:
+        return f"{info.duration_s * 1000:.1f} ms is under the {MIN_PROMPT_SECONDS * 1000:.0f} ms prompt minimum"
+    try:
+        if info.subtype in FLOAT_SUBTYPES and nonfinite_samples(path):
+            return "audio has NaN or infinite samples"
+    except Exception as exc:  # soundfile raises several types for undecodable data
+        raise AudioError(f"{path}: cannot decode audio: {first_line(exc)}") from exc
+    return None
 
 
 def wav_header_frames(path: str | Path) -> int | None:

@@ -28,10 +28,11 @@ LST_FIELDS = ("id", "prompt_text", "prompt_audio", "target_text", "reference_aud
 LST_LAYOUT = "id|prompt_text|prompt_wav|target_text[|reference_wav]"
 
 MAX_ID_BYTES = 128
+MAX_LINE_BYTES = 1 << 20  # a manifest line (or CSV record) longer than this is refused, never read whole
 MAX_SEED = 2**63
 UNSAFE_ID_CHARS = set('/\\<>:"|?*')
 RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)}
-csv.field_size_limit(1 << 24)
+csv.field_size_limit(MAX_LINE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,14 @@ def detect_format(path: str | Path, override: str | None = None) -> str:
 
 
 def _text_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line) for each line, streaming; a bad byte is a located error."""
+    """(1-based line number, decoded line) for each line, streaming in bounded reads; a bad byte or a line longer than
+    MAX_LINE_BYTES is a located error (a file without newlines, such as /dev/zero, is refused, not read whole)."""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        number = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise ManifestError(name, number, None, f"line longer than {MAX_LINE_BYTES} bytes (1 MB)")
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
@@ -100,16 +106,21 @@ def _canonical(name: str) -> str:
 def _read_delimited(path: Path, name: str, delimiter: str) -> Iterator[tuple[int, dict[str, str] | ManifestError]]:
     lines = _text_lines(path, name)
     numbers: list[int] = []
+    record = [0]  # characters of the record being read (a quoted cell may span lines)
 
     def feed() -> Iterator[str]:
         for number, text in lines:
             numbers.append(number)
+            record[0] += len(text) + 1
+            if record[0] > MAX_LINE_BYTES:
+                raise ManifestError(name, number, None, f"record longer than {MAX_LINE_BYTES} characters (1 MB)")
             yield text
 
     reader = csv.reader(feed(), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     while True:
         start = numbers[-1] + 1 if numbers else 1
+        record[0] = 0
         try:
             cells = next(reader)
         except StopIteration:
@@ -241,7 +252,8 @@ def parse_seed(value: object) -> int:
 
 
 class _AudioChecker:
-    """Header-only checks of audio files, cached per path so repeated prompts cost one read."""
+    """Checks of audio files, cached per path so repeated prompts cost one read: the header only, and for a prompt in
+    a float format also its samples (`audio.prompt_problem`)."""
 
     def __init__(self):
         self.cache: dict[str, str | None] = {}
@@ -257,16 +269,12 @@ class _AudioChecker:
         if not os.path.isfile(path):
             return "file not found" if not os.path.exists(path) else "not a file"
         try:
+            if is_prompt:
+                return audio.prompt_problem(path)
             info = audio.audio_info(path)
         except Exception as e:  # any decoder complaint means the file is unusable
             return f"unreadable audio ({first_line(e).rsplit(': ', 1)[-1].rstrip('.')[:120]})"
-        if info.frames <= 0:
-            return "audio has no samples"
-        if is_prompt and info.sample_rate < audio.MIN_PROMPT_RATE:
-            return f"sample rate {info.sample_rate} Hz is under {audio.MIN_PROMPT_RATE} Hz"
-        if is_prompt and info.duration_s > audio.MAX_PROMPT_SECONDS:
-            return f"{info.duration_s:.1f} s is over the {audio.MAX_PROMPT_SECONDS:.0f} s prompt limit"
-        return None
+        return "audio has no samples" if info.frames <= 0 else None
 
 
 def _encodable(text: str) -> bool:
