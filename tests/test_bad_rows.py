@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import struct
@@ -140,3 +141,35 @@ def test_dev_zero_is_refused_in_bounded_memory(tmp_path: Path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [f"error: /dev/zero:1: line longer than {MAX_LINE_BYTES} bytes (1 MB)"]
     assert not (tmp_path / "o").exists()
+
+
+# ---- check-durations: report ids are validated as manifest ids are ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row_id", "why"),
+    [
+        ("a\u0001b", "contains control or invisible characters"),
+        ("/tmp/victim", "contains '/'"),
+        ("../outside", "contains '/'"),
+        ("..", "starts with '.'"),
+        ("x..y", "contains '..'"),
+    ],
+)
+def test_check_durations_refuses_unsafe_report_ids(tmp_path: Path, row_id: str, why: str):
+    out = tmp_path / "o"
+    out.mkdir()
+    noise(out / "ok.wav", 1.0, 24000)
+    victim = tmp_path / "victim.wav"
+    noise(victim, 1.0, 24000)
+    report = out / "report.jsonl"
+    rows = [
+        {"id": "ok", "status": "ok"},
+        {"id": row_id if row_id != "/tmp/victim" else str(victim)[:-4], "status": "ok"},
+    ]
+    report.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    junit = tmp_path / "d.xml"
+    result = invoke("check-durations", out, "--junit", junit)
+    assert result.exit_code == 2, result.output
+    assert len(lines(result)) == 1 and lines(result)[0].startswith(f"error: {report}: id ")
+    assert why in result.output and not junit.exists()

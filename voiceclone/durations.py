@@ -21,7 +21,7 @@ from pathlib import Path
 from voiceclone.errors import UsageError
 from voiceclone.files import first_line
 from voiceclone.io import audio
-from voiceclone.io.manifest import load_manifest
+from voiceclone.io.manifest import id_problem, load_manifest
 from voiceclone.io.report import REPORT_JSONL, SUMMARY_JSON, ReportRow, read_report_rows
 from voiceclone.io.subset import Subset
 
@@ -85,7 +85,8 @@ class Tolerances:
 
 
 def expected_rows(out_dir: Path, manifest: Path | None = None, fmt: str | None = None) -> list[Expected]:
-    """The rows to check: every manifest row, or without a manifest every row of `out_dir/report.jsonl`."""
+    """The rows to check: every manifest row, or without a manifest every row of `out_dir/report.jsonl`, whose ids
+    must be safe file names as a manifest's are (`io.manifest.id_problem`; UsageError otherwise)."""
     if manifest is not None:
         return [
             Expected(r.id, r.reference_audio, r.prompt_audio, r.prompt_text, r.target_text)
@@ -95,6 +96,10 @@ def expected_rows(out_dir: Path, manifest: Path | None = None, fmt: str | None =
     if not report.is_file():
         raise UsageError(f"{report}: no report to take the expected rows from; pass --manifest")
     rows = [Expected(row_id) for row_id in read_report_rows(report)]
+    for row in rows:
+        problem = id_problem(row.id)
+        if problem:
+            raise UsageError(f"{report}: id {row.id[:80]!r}: unsafe as a file name: {problem}")
     if not rows:
         raise UsageError(f"{report}: holds no rows to check")
     return rows
