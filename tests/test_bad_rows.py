@@ -173,3 +173,81 @@ def test_check_durations_refuses_unsafe_report_ids(tmp_path: Path, row_id: str, 
     assert result.exit_code == 2, result.output
     assert len(lines(result)) == 1 and lines(result)[0].startswith(f"error: {report}: id ")
     assert why in result.output and not junit.exists()
+
+
+# ---- NaN / inf in any stage fails the row, naming the stage; reports stay strict JSON --------------------------------
+
+
+def strict_json(text: str):
+    def refuse(constant: str):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(v3_model_dir: Path):
+    import torch
+
+    from voiceclone.loading.load import load_model
+
+    return load_model(v3_model_dir, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("network", "parameter", "value", "message"),
+    [
+        ("lm", "llm_decoder.weight", float("nan"), "the LLM's logits hold NaN or infinite values"),
+        ("lm", "llm.norm.weight", float("inf"), "the LLM's logits hold NaN or infinite values"),
+        ("flow", "estimator.proj_out.weight", float("nan"), "the flow's mel holds NaN or infinite values"),
+        ("hift", "conv_pre.weight", float("nan"), "the vocoder's waveform holds NaN or infinite values"),
+    ],
+)
+def test_a_nonfinite_stage_output_fails_the_row_naming_the_stage(
+    tiny_model, v3_cases: Path, network: str, parameter: str, value: float, message: str
+):
+    import torch
+
+    from voiceclone.engine.engine import Engine, EngineSettings
+    from voiceclone.io.manifest import Row, resolve
+
+    rows = [
+        Row(f"r{i}", v3_cases / "prompt_en.wav", "Hello there.", text, seed=i) for i, text in enumerate(["Yes.", "No."])
+    ]
+    weight = dict(getattr(tiny_model, network).named_parameters())[parameter]
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(value)
+        results = list(Engine(tiny_model, EngineSettings(text_frontend=False)).run(resolve(rows, 0)))
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert [(r.id, r.error, r.wav) for r in sorted(results, key=lambda r: r.id)] == [
+        ("r0", message, None),
+        ("r1", message, None),
+    ]
+
+
+def test_nan_weights_fail_every_row_and_the_reports_stay_strict_json(tmp_path: Path, v3_model_dir: Path):
+    import shutil
+
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(v3_model_dir, model)
+    (model / "flow.pt").chmod(0o644)
+    state = torch.load(model / "flow.pt", weights_only=True)
+    state["spk_embed_affine_layer.bias"] = torch.full_like(state["spk_embed_affine_layer.bias"], float("nan"))
+    torch.save(state, model / "flow.pt")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,prompt_audio,prompt_text,target_text\nr1,{PROMPT},Hi.,Good day.\n")
+    out = tmp_path / "o"
+    result = invoke("synth", manifest, "--model", model, "--out", out, "--quiet")
+    assert result.exit_code == 1, result.output
+    rows = [strict_json(line) for line in (out / "report.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["error"], r["peak"]) for r in rows] == [
+        ("failed", "the flow's mel holds NaN or infinite values", None)
+    ]
+    assert strict_json((out / "summary.json").read_text())["failed"] == 1
+    assert not (out / "r1.wav").exists()

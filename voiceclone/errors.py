@@ -26,6 +26,12 @@ class ManifestError(VoiceCloneError):
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
 
+class NonFiniteError(VoiceCloneError):
+    """A stage produced NaN or infinite values for a row: that row fails, the run goes on."""
+
+    exit_code = 1
+
+
 class ModelError(VoiceCloneError):
     """A model directory, file or resource is missing or inconsistent."""
 

@@ -38,9 +38,13 @@ class LMRequest:
     max_len: int
 
 
+NONFINITE = -1  # what `sample_step` returns for a row whose logits hold NaN or infinity
+
+
 @dataclass
 class LMResult:
-    """Generated speech tokens (stop id excluded), why generation ended ("eos" | "max_len"), decoder steps run.
+    """Generated speech tokens (stop id excluded), why generation ended ("eos" | "max_len" | "nonfinite"), decoder
+    steps run; "nonfinite": the row's logits held NaN or infinity, and `error` says so.
 
     `generator` is the row's generator after its last draw: the CosyVoice2 vocoder continues that stream, as the
     reference's global generator does.
@@ -50,6 +54,7 @@ class LMResult:
     stop_reason: str
     steps: int
     generator: torch.Generator | None = field(default=None, compare=False, repr=False)
+    error: str | None = None
 
 
 @dataclass
@@ -116,7 +121,9 @@ def sampling_scores(logits: Tensor, rows: Sequence[_Row | None], config: LMConfi
 
 
 def sample_step(logits: Tensor, rows: Sequence[_Row | None], config: LMConfig) -> list[int | None]:
-    """RAS-sample one id per occupied row from float32 logits (slots, vocab_out); None for empty slots."""
+    """RAS-sample one id per occupied row from float32 logits (slots, vocab_out); None for empty slots, NONFINITE for
+    a row whose logits hold NaN or infinity (its softmax is then NaN throughout: the top probabilities, which come to
+    the CPU anyway, tell)."""
     logp, probs, ids = sampling_scores(logits, rows, config)
     probs, ids = probs.cpu().numpy(), ids.cpu().numpy()
     sizes = nucleus_sizes(probs, config.top_p, config.top_k)
@@ -124,6 +131,9 @@ def sample_step(logits: Tensor, rows: Sequence[_Row | None], config: LMConfig) -
     for s, row in enumerate(rows):
         if row is None:
             out.append(None)
+            continue
+        if not np.isfinite(probs[s]).all():
+            out.append(NONFINITE)
             continue
         keep = sizes[s]
         scores = partial(logp.select, 0, s)
@@ -190,6 +200,13 @@ class TokenGenerator:
                 if row is None:
                     continue
                 row.steps += 1
+                if token == NONFINITE:
+                    error = "the LLM's logits hold NaN or infinite values"
+                    results[row.index], rows[s] = (
+                        LMResult(row.tokens, "nonfinite", row.steps, row.generator, error),
+                        None,
+                    )
+                    continue
                 if token >= config.first_stop_id:
                     results[row.index], rows[s] = LMResult(row.tokens, "eos", row.steps, row.generator), None
                     continue

@@ -20,7 +20,7 @@ import torch
 
 from voiceclone.engine import batching, cuda, runtime
 from voiceclone.engine.decoding import LMRequest, TokenGenerator
-from voiceclone.errors import VoiceCloneError
+from voiceclone.errors import NonFiniteError, VoiceCloneError
 from voiceclone.files import first_line
 from voiceclone.frontend import text
 from voiceclone.frontend.prompt import PromptFeatures
@@ -103,6 +103,18 @@ def _lm_work(seg: _Segment) -> int:
 def _flow_length(seg: _Segment) -> int:
     """A segment's flow length in tokens: its prompt's speech tokens plus its own."""
     return len(seg.row.prompt.speech_tokens) + len(seg.flow_tokens)
+
+
+def _finite_or_error(results: list, what: str) -> list:
+    """`results` (tensors or exceptions, one per row) with each tensor holding NaN or infinity replaced by a
+    NonFiniteError naming `what`: one isfinite reduction per tensor and one device sync for the batch."""
+    tensors = [(i, r) for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
+    if tensors:
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist()
+        for (i, _), ok in zip(tensors, finite, strict=True):
+            if not ok:
+                results[i] = NonFiniteError(f"{what} holds NaN or infinite values")
+    return results
 
 
 def _error_text(exc: BaseException) -> str:
@@ -217,6 +229,9 @@ class Engine:
                 if isinstance(result, BaseException):
                     seg.row.error = seg.row.error or _error_text(result)
                     continue
+                if result.error:
+                    seg.row.error = seg.row.error or result.error
+                    continue
                 seg.tokens = [int(t) for t in result.tokens]
                 seg.stop_reason = result.stop_reason
                 seg.flow_tokens = self.model.lm.flow_tokens(seg.tokens)
@@ -227,6 +242,7 @@ class Engine:
         device, dtype = self.model.device, self.model.dtypes.flow
         start = time.perf_counter()
         mels = batching.split_on_failure(lambda items: self._flow_call(items, device, dtype), group, device)
+        mels = _finite_or_error(mels, "the flow's mel")
         self._charge(group, "flow", time.perf_counter() - start, lambda seg: len(seg.flow_tokens))
         ready = []
         for seg, mel in zip(group, mels, strict=True):
@@ -240,7 +256,7 @@ class Engine:
 
         for batch in batching.vocoder_batches(ready, device):
             start = time.perf_counter()
-            wavs = batching.split_on_failure(vocode, batch, device)
+            wavs = _finite_or_error(batching.split_on_failure(vocode, batch, device), "the vocoder's waveform")
             self._charge([seg for seg, _ in batch], "hift", time.perf_counter() - start, lambda s: len(s.flow_tokens))
             for (seg, _), wav in zip(batch, wavs, strict=True):
                 if isinstance(wav, BaseException):

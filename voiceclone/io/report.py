@@ -75,9 +75,14 @@ def speech_token_digest(tokens: Iterable[int]) -> str:
     return hashlib.sha256(",".join(str(int(t)) for t in tokens).encode("ascii")).hexdigest()
 
 
+def row_json(row: ReportRow) -> str:
+    """One report row as strict JSON (no NaN or Infinity: the engine fails a row whose output is not finite)."""
+    return json.dumps(row.to_dict(), ensure_ascii=False, allow_nan=False)
+
+
 def report_jsonl_text(rows: Iterable[ReportRow]) -> str:
     """Strict JSONL: one object per line, nothing else."""
-    return "".join(json.dumps(row.to_dict(), ensure_ascii=False) + "\n" for row in rows)
+    return "".join(row_json(row) + "\n" for row in rows)
 
 
 def report_csv_text(rows: list[ReportRow]) -> str:
@@ -106,7 +111,9 @@ def write_report(out_dir: str | Path, rows: list[ReportRow]) -> None:
 
 def write_summary(out_dir: str | Path, summary: dict) -> None:
     """Write `summary.json` atomically."""
-    atomic_write_text(Path(out_dir) / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        Path(out_dir) / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    )
 
 
 def read_report_rows(path: str | Path) -> dict[str, ReportRow]:
@@ -147,7 +154,7 @@ class Journal:
             atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
 
     def append(self, row: ReportRow) -> None:
-        self._file.write((json.dumps(row.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+        self._file.write((row_json(row) + "\n").encode("utf-8"))
         self._file.flush()
         if time.monotonic() - self._synced >= self.fsync_every_s:
             os.fsync(self._file.fileno())
