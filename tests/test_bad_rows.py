@@ -251,3 +251,44 @@ def test_nan_weights_fail_every_row_and_the_reports_stay_strict_json(tmp_path: P
     ]
     assert strict_json((out / "summary.json").read_text())["failed"] == 1
     assert not (out / "r1.wav").exists()
+
+
+# ---- a corrupt or swapped ONNX file is a model problem found at load: exit 3, one line ------------------------------
+
+
+def _break_onnx(model: Path, how: str) -> Path:
+    tokenizer, campplus = model / "speech_tokenizer_v3.onnx", model / "campplus.onnx"
+    for path in (tokenizer, campplus):
+        path.chmod(0o644)
+    if how == "swapped":
+        data = tokenizer.read_bytes()
+        tokenizer.write_bytes(campplus.read_bytes())
+        campplus.write_bytes(data)
+        return tokenizer
+    if how == "truncated":
+        campplus.write_bytes(campplus.read_bytes()[:5000])
+        return campplus
+    tokenizer.write_bytes(b"\x00garbage" * 100)
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("swapped", "not a speech tokenizer ONNX model (expected inputs float [1, 128, T] and int32 [1]"),
+        ("truncated", "cannot load ONNX model"),
+        ("garbage", "cannot load ONNX model"),
+    ],
+)
+def test_a_broken_onnx_file_exits_3_at_load(tmp_path: Path, v3_model_dir: Path, how: str, message: str):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(v3_model_dir, model)
+    broken = _break_onnx(model, how)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,prompt_audio,prompt_text,target_text\nr1,{PROMPT},Hi.,Good day.\nr2,{PROMPT},Hi.,Bye.\n")
+    result = invoke("synth", manifest, "--model", model, "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 3, result.output
+    assert len(lines(result)) == 1 and lines(result)[0].startswith(f"error: {broken}: {message}")
+    assert not (tmp_path / "o").exists()

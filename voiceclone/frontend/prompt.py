@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from voiceclone.errors import ModelError
+from voiceclone.files import first_line
 from voiceclone.frontend.features import (
     FEATURE_RATE,
     MelConfig,
@@ -23,6 +24,8 @@ from voiceclone.io.audio import AudioError, audio_info, prompt_problem
 
 SPEECH_TOKENIZER_FILES = ("speech_tokenizer_v3.onnx", "speech_tokenizer_v2.onnx")
 CAMPPLUS_FILE = "campplus.onnx"
+WHISPER_MELS = 128  # the speech tokenizer's log-mel bands
+FBANK_BINS = 80  # CAM++'s Kaldi fbank bins
 
 
 @dataclass
@@ -35,23 +38,92 @@ class PromptFeatures:
     duration_s: float
 
 
-class _OnnxModel:
-    """A CPU onnxruntime session opened on first use; inputs and outputs are addressed by position."""
+@dataclass(frozen=True)
+class OnnxContract:
+    """What the front end feeds an ONNX network and reads back, as the reference does (by position, not by name):
+    each input's element type, rank and fixed sizes by axis; the first output's element types and fixed sizes."""
 
-    def __init__(self, path: Path, threads: int):
-        self.path, self.threads = Path(path), threads
+    role: str
+    inputs: tuple[tuple[str, int, dict[int, int]], ...]
+    output_types: frozenset[str]
+    output_sizes: dict[int, int]
+    description: str
+
+
+def speech_tokenizer_contract() -> OnnxContract:
+    return OnnxContract(
+        "speech tokenizer",
+        (("tensor(float)", 3, {1: WHISPER_MELS}), ("tensor(int32)", 1, {})),
+        frozenset({"tensor(int64)", "tensor(int32)"}),
+        {},
+        f"inputs float [1, {WHISPER_MELS}, T] and int32 [1], an integer output",
+    )
+
+
+def campplus_contract(embedding_dim: int) -> OnnxContract:
+    return OnnxContract(
+        "speaker embedding (CAM++)",
+        (("tensor(float)", 3, {2: FBANK_BINS}),),
+        frozenset({"tensor(float)"}),
+        {-1: embedding_dim},
+        f"one input float [B, T, {FBANK_BINS}], a float output [B, {embedding_dim}]",
+    )
+
+
+def _shown(nodes) -> str:
+    return ", ".join(f"{n.name}: {n.type.removeprefix('tensor(').rstrip(')')} {list(n.shape)}" for n in nodes)
+
+
+def contract_problem(session, contract: OnnxContract) -> str | None:
+    """How an open session's inputs and first output differ from `contract`, or None (symbolic sizes match any)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    ok = len(inputs) == len(contract.inputs) and bool(outputs)
+    for node, (kind, rank, sizes) in zip(inputs, contract.inputs, strict=False):
+        ok = ok and node.type == kind and len(node.shape) == rank and _sizes_match(node.shape, sizes)
+    if ok and outputs[0].type in contract.output_types and _sizes_match(outputs[0].shape, contract.output_sizes):
+        return None
+    found = f"inputs {_shown(inputs) or 'none'}; outputs {_shown(outputs) or 'none'}"
+    return f"not a {contract.role} ONNX model (expected {contract.description}; found {found})"
+
+
+def _sizes_match(shape: list, sizes: dict[int, int]) -> bool:
+    """Every fixed size of `sizes` (axis -> size) is what `shape` declares there, or `shape` leaves it symbolic."""
+    for axis, size in sizes.items():
+        if not -len(shape) <= axis < len(shape):
+            return False
+        declared = shape[axis]
+        if isinstance(declared, int) and declared not in (size, -1):
+            return False
+    return True
+
+
+class _OnnxModel:
+    """A CPU onnxruntime session, opened and checked against its contract by `open` (at model load) or on first use;
+    inputs and outputs are addressed by position."""
+
+    def __init__(self, path: Path, threads: int, contract: OnnxContract | None = None):
+        self.path, self.threads, self.contract = Path(path), threads, contract
         self._session = None
 
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         """Feed `inputs` in the model's input order and return its first output."""
-        if self._session is None:
-            self._session = self._open()
-        names = [node.name for node in self._session.get_inputs()]
+        session = self.open()
+        names = [node.name for node in session.get_inputs()]
         if len(names) != len(inputs):
             raise ModelError(f"{self.path}: expected an ONNX model with {len(inputs)} inputs, found {len(names)}")
-        return self._session.run(None, dict(zip(names, inputs, strict=True)))[0]
+        return session.run(None, dict(zip(names, inputs, strict=True)))[0]
 
-    def _open(self):
+    def open(self):
+        """The session, opened once; a missing, unloadable or mismatched file raises ModelError naming it."""
+        if self._session is None:
+            session = self._load()
+            problem = contract_problem(session, self.contract) if self.contract else None
+            if problem:
+                raise ModelError(f"{self.path}: {problem}")
+            self._session = session
+        return self._session
+
+    def _load(self):
         import onnxruntime
 
         if not self.path.is_file():
@@ -63,7 +135,7 @@ class _OnnxModel:
         try:
             return onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unloadable files
-            raise ModelError(f"{self.path}: cannot load ONNX model: {exc}") from exc
+            raise ModelError(f"{self.path}: cannot load ONNX model: {first_line(exc)}") from exc
 
 
 class PromptFrontend:
@@ -76,10 +148,11 @@ class PromptFrontend:
         mel: MelConfig,
         token_mel_ratio: int = 2,
         threads: int | None = None,
+        embedding_dim: int = 192,
     ):
         threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.speech_tokenizer = _OnnxModel(speech_tokenizer_onnx, threads)
-        self.campplus = _OnnxModel(campplus_onnx, threads)
+        self.speech_tokenizer = _OnnxModel(speech_tokenizer_onnx, threads, speech_tokenizer_contract())
+        self.campplus = _OnnxModel(campplus_onnx, threads, campplus_contract(embedding_dim))
         self.mel_config = mel
         self.token_mel_ratio = token_mel_ratio
 
@@ -90,6 +163,12 @@ class PromptFrontend:
         candidates = [model_dir / name for name in SPEECH_TOKENIZER_FILES]
         tokenizer = next((path for path in candidates if path.is_file()), candidates[0])
         return cls(tokenizer, model_dir / CAMPPLUS_FILE, mel, **kwargs)
+
+    def check(self) -> None:
+        """Open both ONNX networks now and check them against what the front end feeds them (ModelError naming the
+        file): a corrupt or swapped file is a model problem found at load, not a failure of every row."""
+        self.speech_tokenizer.open()
+        self.campplus.open()
 
     def extract(self, path: str | Path) -> PromptFeatures:
         """Features of one prompt file."""
@@ -114,7 +193,7 @@ class PromptFrontend:
 
     def speech_tokens(self, wav16k: torch.Tensor) -> torch.Tensor:
         """Untrimmed speech tokens (K,) int64 of a 16 kHz wave `(1, N)`."""
-        feats = whisper_log_mel(wav16k, n_mels=128)
+        feats = whisper_log_mel(wav16k, n_mels=WHISPER_MELS)
         length = np.array([feats.shape[-1]], dtype=np.int32)
         out = self.speech_tokenizer.run(feats.numpy().astype(np.float32), length)
         return torch.from_numpy(np.asarray(out).reshape(-1).astype(np.int64))

@@ -123,7 +123,10 @@ def load_model(
     networks = load_networks(config, states, official=not is_converted(model_dir))
     del states
     device = torch.device(device)
-    frontend = PromptFrontend.from_model_dir(model_dir, config.mel, token_mel_ratio=config.token_mel_ratio)
+    frontend = PromptFrontend.from_model_dir(
+        model_dir, config.mel, token_mel_ratio=config.token_mel_ratio, embedding_dim=config.flow.spk_embed_dim
+    )
+    frontend.check()
     return LoadedModel(
         config=config,
         tokenizer=Tokenizer.from_dir(model_dir / BLANK_EN, config.family),
