@@ -292,3 +292,51 @@ def test_a_broken_onnx_file_exits_3_at_load(tmp_path: Path, v3_model_dir: Path, 
     assert result.exit_code == 3, result.output
     assert len(lines(result)) == 1 and lines(result)[0].startswith(f"error: {broken}: {message}")
     assert not (tmp_path / "o").exists()
+
+
+# ---- weights stored as int64 are refused, other floating precisions warn once per file ------------------------------
+
+
+def _retyped_flow(tmp_path: Path, v3_model_dir: Path, dtype) -> Path:
+    import shutil
+
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(v3_model_dir, model)
+    (model / "flow.pt").chmod(0o644)
+    state = torch.load(model / "flow.pt", weights_only=True)
+    for key in ("spk_embed_affine_layer.weight", "spk_embed_affine_layer.bias", "input_embedding.weight"):
+        state[key] = state[key].to(dtype)
+    torch.save(state, model / "flow.pt")
+    return model
+
+
+def test_int64_weights_are_refused_with_exit_3(tmp_path: Path, v3_model_dir: Path):
+    import torch
+
+    model = _retyped_flow(tmp_path, v3_model_dir, torch.int64)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,prompt_audio,prompt_text,target_text\nr1,{PROMPT},Hi.,Good day.\n")
+    result = invoke("synth", manifest, "--model", model, "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 3, result.output
+    total = len(torch.load(model / "flow.pt", weights_only=True))
+    assert lines(result) == [
+        f"error: {model / 'flow.pt'}: 3 as int64 of {total} tensors, where weights are floating point "
+        "(e.g. 'input_embedding.weight')"
+    ]
+
+
+def test_float16_weights_warn_once_per_file_and_run(tmp_path: Path, v3_model_dir: Path):
+    import torch
+
+    model = _retyped_flow(tmp_path, v3_model_dir, torch.float16)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,prompt_audio,prompt_text,target_text\nr1,{PROMPT},Hi.,Good day.\nr2,{PROMPT},Hi.,Bye.\n")
+    result = invoke("synth", manifest, "--model", model, "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 0, result.output
+    total = len(torch.load(model / "flow.pt", weights_only=True))
+    assert lines(result) == [
+        f"warning: {model / 'flow.pt'}: 3 as float16 of {total} tensors, not float32, as the release stores them; "
+        "cast on load"
+    ]

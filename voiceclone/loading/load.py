@@ -6,6 +6,8 @@ nothing is initialised only to be overwritten, and no global RNG is drawn.
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +91,33 @@ def read_states(model_dir: Path, llm_file: str) -> tuple[ModelConfig, States, st
     return config, states, model_id_of(model_dir, llm_file)
 
 
+def check_weight_dtypes(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.dtype]) -> None:
+    """Weights stored as integers or booleans cannot be right: ModelError. Floating weights in another precision than
+    expected (an official release stores float32; a converted file its network's own dtypes) are cast as the
+    reference casts them, with one warning line for the file."""
+    wrong = Counter(str(t.dtype).removeprefix("torch.") for t in state.values() if not t.is_floating_point())
+    if wrong:
+        key = next(k for k, t in state.items() if not t.is_floating_point())
+        kinds = ", ".join(f"{n} as {kind}" for kind, n in wrong.items())
+        raise ModelError(f"{path}: {kinds} of {len(state)} tensors, where weights are floating point (e.g. {key!r})")
+    cast = Counter(
+        str(t.dtype).removeprefix("torch.") for k, t in state.items() if t.dtype != expected.get(k, torch.float32)
+    )
+    if cast:
+        kinds = ", ".join(f"{n} as {kind}" for kind, n in cast.items())
+        what = "the converted network's dtypes" if expected else "float32, as the release stores them"
+        print(f"warning: {path}: {kinds} of {len(state)} tensors, not {what}; cast on load", file=sys.stderr)
+
+
 def load_networks(config: ModelConfig, states: States, official: bool) -> dict[str, nn.Module]:
     """The networks built on the meta device with every weight assigned from `states` (strictly; errors name the
-    file), in eval mode without gradients, on the CPU."""
+    file; dtypes checked by `check_weight_dtypes`), in eval mode without gradients, on the CPU."""
     with torch.device("meta"):
         networks = build_networks(config)
     for name, module in networks.items():
         path, state = states[name]
+        expected = {} if official else {k: t.dtype for k, t in module.state_dict().items()}
+        check_weight_dtypes(path, state, expected)
         try:
             if official:
                 module.load_official_state_dict(state)
