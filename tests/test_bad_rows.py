@@ -340,3 +340,117 @@ def test_float16_weights_warn_once_per_file_and_run(tmp_path: Path, v3_model_dir
         f"warning: {model / 'flow.pt'}: 3 as float16 of {total} tensors, not float32, as the release stores them; "
         "cast on load"
     ]
+
+
+# ---- a segment that cannot fit the flow's noise table is split further, or refused before decoding -------------------
+
+WORDS = [
+    "river",
+    "market",
+    "garden",
+    "mountain",
+    "library",
+    "harbor",
+    "festival",
+    "forest",
+    "bridge",
+    "station",
+    "museum",
+    "weather",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(v3_model_dir: Path):
+    from voiceclone.frontend.text import Tokenizer
+
+    return Tokenizer.from_dir(v3_model_dir / "CosyVoice-BlankEN")
+
+
+def test_the_segment_bound_comes_from_the_noise_table_and_the_length_rule(v3_model_dir: Path):
+    from voiceclone.engine.engine import segment_token_limit
+    from voiceclone.frontend.text import max_segment_tokens
+    from voiceclone.loading.config import read_config
+
+    # 30 s prompt = 750 tokens; the longest generation of n text tokens is int(20 n); 2 mel frames per token
+    assert segment_token_limit(read_config(v3_model_dir)) == max_segment_tokens(15000, 2, 750, 20.0) == 337
+    assert 2 * (750 + int(337 * 20.0)) <= 15000 < 2 * (750 + int(338 * 20.0))
+
+
+def test_a_20000_character_text_without_punctuation_is_split_by_length(tokenizer):
+    import time
+
+    from voiceclone.frontend.text import split_segments
+
+    text = " ".join(WORDS[i % len(WORDS)] for i in range(2500))[:20000]
+    start = time.monotonic()
+    segments = split_segments(text, tokenizer, 337)
+    assert time.monotonic() - start < 20
+    lengths = [len(tokenizer.encode(s)) for s in segments]
+    assert max(lengths) <= 80 + 60 and len(segments) >= 20, lengths
+    assert "".join(segments) == text + "."  # lossless; cut only between words
+    assert all(s.endswith(" ") or s == segments[-1] for s in segments)
+    assert split_segments(text, tokenizer) == [text + "."]  # without the bound: one segment, as the reference
+
+
+def test_a_long_sentence_is_cut_by_clause_first(tokenizer):
+    from voiceclone.frontend.text import split_segments
+
+    clause = " ".join(WORDS[:8])
+    text = ", ".join(f"{clause} {i}" for i in range(60)) + "."
+    segments = split_segments(text, tokenizer, 337)
+    assert "".join(segments) == text and len(segments) > 1
+    assert all(s.endswith(", ") or s.endswith(",") or s == segments[-1] for s in segments), segments
+    assert all(len(tokenizer.encode(s)) <= 337 for s in segments)
+
+
+def test_texts_that_fit_split_as_without_the_bound(tokenizer):
+    from voiceclone.frontend.text import split_segments
+
+    text = " ".join(f"Sentence {w} talks about the {w} and what it means for everyone involved!" for w in WORDS)
+    zh = "今天天气很好，我们去公园散步。" * 20
+    for t in (text, zh, "Short.", "[laughter] Hello.<|endofprompt|> world"):
+        assert split_segments(t, tokenizer, 337) == split_segments(t, tokenizer)
+
+
+def test_chinese_without_punctuation_is_cut_by_characters(tokenizer):
+    from voiceclone.frontend.text import split_segments
+
+    text = "今天天气很好我们去公园散步" * 100
+    segments = split_segments(text, tokenizer, 337)
+    assert "".join(segments) == text + "。"
+    assert all(len(tokenizer.encode(s)) <= 337 for s in segments) and max(len(s) for s in segments) <= 140
+
+
+def test_a_word_that_cannot_fit_fails_its_row_before_decoding(tiny_model, v3_cases: Path):
+    from voiceclone.engine.engine import Engine, EngineSettings
+    from voiceclone.io.manifest import Row, resolve
+
+    rng = np.random.default_rng(0)
+    blob = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 3000))
+    rows = [
+        Row("long", v3_cases / "prompt_en.wav", "Hello there.", f"Read this: {blob} please.", seed=1),
+        Row("ok", v3_cases / "prompt_en.wav", "Hello there.", "Good day.", seed=2),
+    ]
+    engine = Engine(tiny_model, EngineSettings(text_frontend=False))
+    requests = []
+    real = engine.tokens.generate
+    engine.tokens.generate = lambda reqs, slots: requests.extend(reqs) or real(reqs, slots)
+    results = {r.id: r for r in engine.run(resolve(rows, 0))}
+    assert results["ok"].error is None and len(requests) == 1
+    error = results["long"].error
+    assert error.startswith("row long: the target text has a run of ") and error.endswith(
+        "tokens with no space or punctuation to split at; one segment fits at most 337 (the flow's fixed noise table)"
+    )
+
+
+def test_every_segment_of_a_long_row_fits_the_noise_table(tiny_model, v3_cases: Path):
+    from voiceclone.engine.engine import Engine, EngineSettings
+    from voiceclone.io.manifest import Row, resolve
+
+    text = " ".join(WORDS[i % len(WORDS)] for i in range(2500))[:20000]
+    row = resolve([Row("r", v3_cases / "prompt_en.wav", "Hello there.", text, seed=1)], 0)[0]
+    state = Engine(tiny_model, EngineSettings(text_frontend=False))._prepare(row)
+    assert state.error is None and len(state.segments) >= 20
+    frames = [2 * (len(state.prompt.speech_tokens) + seg.request.max_len) for seg in state.segments]
+    assert max(frames) <= 15000, max(frames)

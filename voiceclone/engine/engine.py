@@ -24,6 +24,7 @@ from voiceclone.errors import NonFiniteError, VoiceCloneError
 from voiceclone.files import first_line
 from voiceclone.frontend import text
 from voiceclone.frontend.prompt import PromptFeatures
+from voiceclone.io.audio import MAX_PROMPT_SECONDS
 from voiceclone.io.manifest import Row
 from voiceclone.seeds import segment_seed
 
@@ -117,6 +118,15 @@ def _finite_or_error(results: list, what: str) -> list:
     return results
 
 
+def segment_token_limit(config) -> int:
+    """The most text tokens one segment of this model may have (`text.max_segment_tokens`): its longest generation
+    after a 30 s prompt fits the flow's noise table and the vocoder's."""
+    samples_per_frame = config.sample_rate // (config.token_frame_rate * config.token_mel_ratio)
+    frames = min(config.flow.noise_frames, config.hift.noise_samples // samples_per_frame)
+    prompt_tokens = int(MAX_PROMPT_SECONDS * config.token_frame_rate)
+    return text.max_segment_tokens(frames, config.token_mel_ratio, prompt_tokens, config.lm.max_token_text_ratio)
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, VoiceCloneError):
         return str(exc)
@@ -138,6 +148,7 @@ class Engine:
         if self.settings.batch_size < 1 or self.settings.max_batch_tokens < 1 or self.settings.window_rows < 1:
             raise ValueError("batch_size, max_batch_tokens and window_rows must be positive")
         self.sample_rate = model.config.sample_rate
+        self.segment_tokens = segment_token_limit(model.config)
         self.tokens = TokenGenerator(model.lm, slots=self.settings.batch_size)  # one KV cache for the run
         self.stats: dict[str, float] = {}
 
@@ -197,9 +208,16 @@ class Engine:
             lm, tokenizer = self.model.lm, self.model.tokenizer
             target = text.normalize(row.target_text) if self.settings.text_frontend else row.target_text
             state.prompt_text_ids = tokenizer.encode(text.assemble_prompt_text(row.prompt_text))
-            pieces = [ids for ids in (tokenizer.encode(s) for s in text.split_segments(target, tokenizer)) if ids]
+            segments = text.split_segments(target, tokenizer, self.segment_tokens)
+            pieces = [ids for ids in (tokenizer.encode(s) for s in segments) if ids]
             if not pieces:
                 raise VoiceCloneError(f"row {row.id}: the target text has no tokens to speak")
+            longest = max(len(ids) for ids in pieces)
+            if longest > self.segment_tokens:
+                raise VoiceCloneError(
+                    f"row {row.id}: the target text has a run of {longest} tokens with no space or punctuation to "
+                    f"split at; one segment fits at most {self.segment_tokens} (the flow's fixed noise table)"
+                )
             state.prompt = self.model.prompts.get(row.prompt_audio, row.prompt_sha256)
             speech = [int(t) for t in state.prompt.speech_tokens.tolist()]
             for index, ids in enumerate(pieces):

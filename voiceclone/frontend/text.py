@@ -128,8 +128,10 @@ def assemble_prompt_text(prompt_text: str) -> str:
 
 ZH_MARKS = frozenset("。？！；：、.?!;")
 EN_MARKS = frozenset(".?!;:")
+CLAUSE_MARKS = frozenset(",，、;；:：")  # where a sentence too long for one segment is cut first
 CLOSING_QUOTES = frozenset('"”')
 TOKEN_MAX_N, TOKEN_MIN_N, MERGE_LEN = 80, 60, 20
+_WORDS = re.compile(r"\s+|\S+\s*")
 
 
 def contains_chinese(text: str) -> bool:
@@ -168,38 +170,92 @@ def split_sentences(text: str, marks: frozenset[str], final_mark: str) -> list[s
     return sentences
 
 
-def merge_sentences(sentences: list[str], length: Callable[[str], int]) -> list[str]:
+def merge_sentences(
+    sentences: list[str], length: Callable[[str], int], fits: Callable[[str], bool] = lambda text: True
+) -> list[str]:
     """Greedy merge: grow a segment while it is short (<= 60) or the merge stays <= 80; a short tail (< 20) joins
-    the previous segment."""
+    the previous segment. A merge that would not `fit` (see `max_segment_tokens`) starts a new segment instead."""
     segments: list[str] = []
     current = ""
     for sentence in sentences:
-        if length(current + sentence) > TOKEN_MAX_N and length(current) > TOKEN_MIN_N:
+        if current and (
+            (length(current + sentence) > TOKEN_MAX_N and length(current) > TOKEN_MIN_N) or not fits(current + sentence)
+        ):
             segments.append(current)
             current = ""
         current += sentence
     if current:
-        if segments and length(current) < MERGE_LEN:
+        if segments and length(current) < MERGE_LEN and fits(segments[-1] + current):
             segments[-1] += current
         else:
             segments.append(current)
     return segments
 
 
-def split_segments(text: str, tokenizer: Tokenizer) -> list[str]:
+def max_segment_tokens(mel_frames: int, token_mel_ratio: int, prompt_tokens: int, max_token_text_ratio: float) -> int:
+    """The most text tokens one segment may have: its longest generation (`max_token_text_ratio` speech tokens per text
+    token, the LLM's length rule) after the longest prompt (`prompt_tokens`) stays within `mel_frames` (the flow's
+    fixed noise table, which no segment may outgrow)."""
+    room = mel_frames // token_mel_ratio - prompt_tokens
+    n = max(0, int(room / max_token_text_ratio))
+    while n > 0 and int(n * max_token_text_ratio) > room:
+        n -= 1
+    return n
+
+
+def _cut_after(text: str, marks: frozenset[str]) -> list[str]:
+    """`text` cut after every run of `marks`; the pieces join back to `text`."""
+    pieces, start = [], 0
+    for i, char in enumerate(text):
+        if char in marks and (i + 1 == len(text) or text[i + 1] not in marks):
+            pieces.append(text[start : i + 1])
+            start = i + 1
+    return pieces + ([text[start:]] if start < len(text) else [])
+
+
+def _fit(sentence: str, length: Callable[[str], int], fits: Callable[[str], bool], chinese: bool) -> list[str]:
+    """A sentence as pieces that fit one segment: whole when it fits, else cut by clause, then a clause still too long
+    by length at word boundaries (characters in Chinese), packed up to 80 as the splitter measures. A single word that
+    does not fit stays whole (the engine refuses it)."""
+    if fits(sentence):
+        return [sentence]
+    pieces: list[str] = []
+    for clause in _cut_after(sentence, CLAUSE_MARKS):
+        if fits(clause):
+            pieces.append(clause)
+            continue
+        current = ""
+        for word in list(clause) if chinese else _WORDS.findall(clause):
+            if current and (length(current + word) > TOKEN_MAX_N or not fits(current + word)):
+                pieces.append(current)
+                current = ""
+            current += word
+        pieces += [current] if current else []
+    return pieces
+
+
+def split_segments(text: str, tokenizer: Tokenizer, max_tokens: int | None = None) -> list[str]:
     """Split a long text into synthesis segments: characters measure Chinese text, tokens measure other text.
 
     Differences from the reference: repeated marks stay with their sentence instead of being dropped, and
-    whitespace-only segments count as punctuation-only. Texts with `<|...|>` markup come back whole.
+    whitespace-only segments count as punctuation-only. With `max_tokens` (see `max_segment_tokens`) no segment
+    grows past it: a longer sentence is cut by clause, then by length at word boundaries (`_fit`); where every
+    segment fits, the segments are the reference's. Texts with `<|...|>` markup come back whole.
     """
     if not text.strip() or has_special_markup(text):
         return [text]
-    if contains_chinese(text):
-        sentences = split_sentences(text, ZH_MARKS, "。")
-        segments = merge_sentences(sentences, len)
+    chinese = contains_chinese(text)
+    length = len if chinese else (lambda s: len(tokenizer.encode(s)))
+    sentences = split_sentences(text, ZH_MARKS, "。") if chinese else split_sentences(text, EN_MARKS, ".")
+    if max_tokens is None:
+        segments = merge_sentences(sentences, length)
     else:
-        sentences = split_sentences(text, EN_MARKS, ".")
-        segments = merge_sentences(sentences, lambda s: len(tokenizer.encode(s)))
+
+        def fits(piece: str) -> bool:
+            return len(tokenizer.encode(piece)) <= max_tokens
+
+        pieces = [piece for sentence in sentences for piece in _fit(sentence, length, fits, chinese)]
+        segments = merge_sentences(pieces, length, fits)
     return [segment for segment in segments if not is_punctuation_only(segment)]
 
 
