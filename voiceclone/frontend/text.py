@@ -244,15 +244,20 @@ def split_segments(text: str, tokenizer: Tokenizer, max_tokens: int | None = Non
     """
     if not text.strip() or has_special_markup(text):
         return [text]
+
+    @functools.lru_cache(maxsize=64)  # `length` and `fits` measure the same strings: encode each once
+    def tokens(piece: str) -> int:
+        return len(tokenizer.encode(piece))
+
     chinese = contains_chinese(text)
-    length = len if chinese else (lambda s: len(tokenizer.encode(s)))
+    length = len if chinese else tokens
     sentences = split_sentences(text, ZH_MARKS, "。") if chinese else split_sentences(text, EN_MARKS, ".")
     if max_tokens is None:
         segments = merge_sentences(sentences, length)
     else:
 
         def fits(piece: str) -> bool:
-            return len(tokenizer.encode(piece)) <= max_tokens
+            return tokens(piece) <= max_tokens
 
         pieces = [piece for sentence in sentences for piece in _fit(sentence, length, fits, chinese)]
         segments = merge_sentences(pieces, length, fits)
