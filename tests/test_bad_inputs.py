@@ -174,3 +174,24 @@ def test_check_durations_refuses_unsafe_report_ids(tmp_path: Path, row_id: str, 
     assert result.exit_code == 2, result.output
     assert len(lines(result)) == 1 and lines(result)[0].startswith(f"error: {report}: id ")
     assert why in result.output and not junit.exists()
+
+
+def test_check_durations_fails_a_wav_with_nan_samples_and_its_json_stays_strict(tmp_path: Path):
+    out = tmp_path / "o"
+    out.mkdir()
+    noise(out / "bad.wav", 1.0, 24000, "FLOAT", float("nan"))
+    noise(out / "good.wav", 1.0, 24000)
+    (out / "report.jsonl").write_text("".join(json.dumps({"id": i, "status": "ok"}) + "\n" for i in ("bad", "good")))
+    report = tmp_path / "d.json"
+    result = invoke("check-durations", out, "--json", report, "--quiet")
+    assert result.exit_code == 1, result.output
+
+    def refuse(constant: str):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    data = json.loads(report.read_text(), parse_constant=refuse)
+    bad = next(r for r in data["results"] if r["id"] == "bad")
+    assert bad["status"] == "fail" and bad["checks"] == [
+        {"name": "exists", "ok": False, "message": "holds NaN or infinite samples", "warning": False}
+    ]
+    assert [r["status"] for r in data["results"] if r["id"] == "good"] == ["pass"]

@@ -1,7 +1,7 @@
 """`check-durations`: is every expected wav there, readable, sane, and about as long as it should be?
 
 Checks per row (a row fails when any non-warning check fails; a missing row is a failure):
-- `exists`: `<out>/<id>.wav` exists, decodes, and holds every frame its header promises;
+- `exists`: `<out>/<id>.wav` exists, decodes, holds every frame its header promises, and only finite samples;
 - `sample_rate`: the file's rate equals the run's rate (summary.json, else the row's report entry);
 - `not_silent`: peak at or above -60 dBFS; `not_clipped`: at most 0.1 % of samples at |x| >= 0.999;
 - `reference`: |duration - reference| <= max(rel_tol * reference, abs_tol), the reference wav having the same id;
@@ -17,6 +17,8 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from voiceclone.errors import UsageError
 from voiceclone.files import first_line
@@ -151,6 +153,9 @@ def check_row(
         return result
     if promised is not None and promised > wav.shape[-1]:
         add(Check("exists", False, f"cut short: the header promises {promised} frames, the file holds {wav.shape[-1]}"))
+        return result
+    if not np.isfinite(wav).all():  # a float wav can hold them; no statistic of it would be a number
+        add(Check("exists", False, "holds NaN or infinite samples"))
         return result
     add(Check("exists", True, "readable"))
     stats = audio.audio_stats(wav, rate)
