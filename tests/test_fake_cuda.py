@@ -7,7 +7,8 @@ What torch 2.11's FakeTensorMode allows, and what these tests do about it:
 - A one-element constant moved to CUDA under inference mode runs the real copy (no driver here): constant
   propagation is turned off (`CONSTANT_NUMEL_LIMIT = 0`).
 - Values cannot be read (`.item()`, `bool(t)`, `.numpy()`): token sampling is fed through `TokenGenerator.sampler`,
-  which still runs the device half (`sampling_scores`); the flow decides masking from host lengths.
+  which still runs the device half (`sampling_scores`); the flow decides masking from host lengths; the engine's
+  NaN/inf check of stage outputs (`engine.finite_flags`) is stood in by "all finite".
 - CUDA-only calls go through `voiceclone.engine.cuda`, replaced here by stand-ins (graph capture runs the step
   eagerly, synchronize does nothing).
 Every matmul, convolution and attention call is recorded with its dtypes to check the precision rules.
@@ -24,6 +25,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from voiceclone.engine import cuda, runtime
+from voiceclone.engine import engine as engine_module
 from voiceclone.engine.decoding import LMRequest, SlotDecoder, TokenGenerator, sampling_scores
 from voiceclone.engine.engine import Engine, EngineSettings, _Row, _Segment
 from voiceclone.errors import DeviceError
@@ -101,6 +103,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(cuda, "graphs_enabled", lambda device: device.type == "cuda")
     monkeypatch.setattr(cuda, "capture_graph", capture)
     monkeypatch.setattr(cuda, "synchronize", lambda device: None)
+    monkeypatch.setattr(engine_module, "finite_flags", lambda tensors: [True] * len(tensors))
     with fake_tensor.FakeTensorMode() as mode:
         yield SimpleNamespace(mode=mode, captures=captures)
 

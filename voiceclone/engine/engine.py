@@ -106,12 +106,17 @@ def _flow_length(seg: _Segment) -> int:
     return len(seg.row.prompt.speech_tokens) + len(seg.flow_tokens)
 
 
+def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor holds only finite values: one isfinite reduction per tensor, one device sync for all."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+
+
 def _finite_or_error(results: list, what: str) -> list:
     """`results` (tensors or exceptions, one per row) with each tensor holding NaN or infinity replaced by a
-    NonFiniteError naming `what`: one isfinite reduction per tensor and one device sync for the batch."""
+    NonFiniteError naming `what` (`finite_flags`)."""
     tensors = [(i, r) for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
     if tensors:
-        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist()
+        finite = finite_flags([t for _, t in tensors])
         for (i, _), ok in zip(tensors, finite, strict=True):
             if not ok:
                 results[i] = NonFiniteError(f"{what} holds NaN or infinite values")
