@@ -17,7 +17,7 @@ from pathlib import Path
 
 from voiceclone.errors import UsageError
 from voiceclone.io.manifest import Row
-from voiceclone.io.report import JOURNAL, Journal, ReportRow
+from voiceclone.io.report import JOURNAL, Journal, ReportRow, row_json
 from voiceclone.outdir import remove_temp_files
 from voiceclone.synth import SynthOptions, SynthOutcome, check_out, clear_out, finish_run, plan_run, report_row
 
@@ -88,7 +88,7 @@ class SynthActor:
             entry = report_row(
                 result, seeds[result.id], fingerprints[result.id], self.opts.out, self.opts.wav_format, self.dtypes
             )
-            entries.append(json.dumps(entry.to_dict(), ensure_ascii=False))
+            entries.append(row_json(entry))
         return {"entry": entries}
 
 

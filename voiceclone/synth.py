@@ -242,7 +242,9 @@ def write_outputs(opts: SynthOptions, report_rows: list[ReportRow], summary: dic
         remove_shard_files(opts.out)
         return
     atomic_write_text(opts.out / opts.shard.report, report_jsonl_text(report_rows))
-    atomic_write_text(opts.out / opts.shard.summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        opts.out / opts.shard.summary, json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    )
     (opts.out / opts.shard.journal).unlink(missing_ok=True)
 
 
