@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import struct
 import subprocess
@@ -32,9 +33,11 @@ def lines(result) -> list[str]:
     return [line for line in result.output.splitlines() if line.strip()]
 
 
-def noise(path: Path, seconds: float, sr: int, subtype: str = "PCM_16", poison: float | None = None) -> Path:
-    """Quiet noise; `poison` (NaN or inf) replaces one sample in the middle."""
-    data = np.random.default_rng(0).uniform(-0.3, 0.3, max(1, int(seconds * sr))).astype(np.float32)
+def noise(
+    path: Path, seconds: float, sr: int, subtype: str = "PCM_16", poison: float | None = None, level: float = 0.3
+) -> Path:
+    """Noise of peak `level`; `poison` (NaN or inf) replaces one sample in the middle."""
+    data = np.random.default_rng(0).uniform(-level, level, max(1, int(seconds * sr))).astype(np.float32)
     if poison is not None:
         data[len(data) // 2] = poison
     sf.write(path, data, sr, subtype=subtype)
@@ -63,10 +66,12 @@ def bad_prompts(folder: Path) -> dict[str, tuple[Path, str]]:
         "short": (noise(folder / "short.wav", 0.02, 16000), "20.0 ms is under the 40 ms prompt minimum"),
         "rate": (with_header_rate(noise(folder / "rate.wav", 0.5, 16000), 2**31 - 1), "over 384000 Hz"),
         "odd rate": (noise(folder / "odd.wav", 1.0, 44101), "cannot be resampled to 16000 Hz"),
+        "silent": (noise(folder / "silent.wav", 1.0, 16000, level=0.0005), "silent (peak -65.7 dBFS"),
+        "zero": (noise(folder / "zero.wav", 1.0, 24000, "FLOAT", level=0.0), "silent (peak all zero"),
     }
 
 
-@pytest.mark.parametrize("name", ["nan", "inf", "short", "rate", "odd rate"])
+@pytest.mark.parametrize("name", ["nan", "inf", "short", "rate", "odd rate", "silent", "zero"])
 def test_bad_prompt_audio_is_refused_at_validation(tmp_path: Path, name: str):
     path, message = bad_prompts(tmp_path)[name]
     manifest = tmp_path / "m.csv"
@@ -83,6 +88,7 @@ def test_good_float_prompts_and_rates_still_pass(tmp_path: Path):
         noise(tmp_path / "d.wav", 0.04, 22050, "DOUBLE"),
         noise(tmp_path / "p.wav", 2.0, 44100),
         noise(tmp_path / "q.wav", 1.0, 384000),
+        noise(tmp_path / "soft.wav", 1.0, 16000, level=0.002),  # -54 dBFS: quiet, not silent
     ]
     manifest = tmp_path / "m.csv"
     body = "".join(f"r{i},{p},Hi.,Good day.\n" for i, p in enumerate(fine))
@@ -97,7 +103,7 @@ def test_the_prompt_front_end_refuses_what_validation_refuses(tmp_path: Path):
 
     frontend = PromptFrontend(tmp_path / "none.onnx", tmp_path / "none.onnx", mel=None)
     for path, message in bad_prompts(tmp_path).values():
-        with pytest.raises(AudioError, match=message):
+        with pytest.raises(AudioError, match=re.escape(message)):
             frontend.extract(path)
 
 

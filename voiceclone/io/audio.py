@@ -20,7 +20,7 @@ MIN_PROMPT_SECONDS = 0.04  # one 25 Hz speech token; under ~30 ms the flow mel's
 MAX_PROMPT_RATE = 384000  # the highest rate audio interfaces record at
 RESAMPLE_RATES = (16000, 24000)  # the front end resamples prompts to these (speech tokens and speaker; flow mel)
 MAX_RESAMPLE_TAPS = 1 << 22  # filter elements (16 MB) torchaudio's resampler may build for one rate
-FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})  # sample formats that can hold NaN or infinity
+SILENT_PROMPT_DBFS = -60.0  # a prompt whose peak is below this holds no voice to clone
 SILENCE_DBFS = -50.0  # a 10 ms window whose RMS is below this level counts as silence
 SILENCE_WINDOW_S = 0.010
 CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped
@@ -70,17 +70,24 @@ def prompt_rate_problem(rate: int) -> str | None:
     return None
 
 
-def nonfinite_samples(path: str | Path, blocksize: int = 1 << 16) -> bool:
-    """Whether a float-format file holds a NaN or infinite sample (read in blocks: memory stays bounded)."""
+def sample_problem(path: str | Path, blocksize: int = 1 << 16) -> str | None:
+    """Why a prompt's samples are unusable (NaN/infinite, or silent: peak under SILENT_PROMPT_DBFS), or None.
+    Read in blocks, so memory stays bounded whatever the file's length."""
+    peak = 0.0
     for block in sf.blocks(str(path), blocksize=blocksize, dtype="float32", always_2d=True):
         if not np.isfinite(block).all():
-            return True
-    return False
+            return "audio has NaN or infinite samples"
+        if block.size:
+            peak = max(peak, float(np.abs(block).max()))
+    if peak < 10.0 ** (SILENT_PROMPT_DBFS / 20.0):
+        level = f"{20.0 * math.log10(peak):.1f} dBFS" if peak > 0 else "all zero"
+        return f"audio is silent (peak {level}, under {SILENT_PROMPT_DBFS:.0f} dBFS)"
+    return None
 
 
 def prompt_problem(path: str | Path) -> str | None:
-    """Why an audio file cannot be a prompt, or None. The header is checked first (rate, length); only then, and only
-    for float formats, are the samples read, to refuse NaN or infinity. Raises AudioError when unreadable."""
+    """Why an audio file cannot be a prompt, or None. The header is checked first (rate, length); only then are the
+    samples read, to refuse NaN, infinity or silence. Raises AudioError when unreadable."""
     info = audio_info(path)
     if info.frames <= 0:
         return "audio has no samples"
@@ -92,11 +99,9 @@ def prompt_problem(path: str | Path) -> str | None:
     if info.duration_s < MIN_PROMPT_SECONDS:
         return f"{info.duration_s * 1000:.1f} ms is under the {MIN_PROMPT_SECONDS * 1000:.0f} ms prompt minimum"
     try:
-        if info.subtype in FLOAT_SUBTYPES and nonfinite_samples(path):
-            return "audio has NaN or infinite samples"
+        return sample_problem(path)
     except Exception as exc:  # soundfile raises several types for undecodable data
         raise AudioError(f"{path}: cannot decode audio: {first_line(exc)}") from exc
-    return None
 
 
 def wav_header_frames(path: str | Path) -> int | None:

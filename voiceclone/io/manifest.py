@@ -252,8 +252,8 @@ def parse_seed(value: object) -> int:
 
 
 class _AudioChecker:
-    """Checks of audio files, cached per path so repeated prompts cost one read: the header only, and for a prompt in
-    a float format also its samples (`audio.prompt_problem`)."""
+    """Checks of audio files, cached per path so repeated prompts cost one read: the header, and for a prompt also its
+    samples (`audio.prompt_problem`)."""
 
     def __init__(self):
         self.cache: dict[str, str | None] = {}
