@@ -102,7 +102,10 @@ def _demo_notice(loaded) -> None:
     typer.echo(DEMO_NOTICE, err=True)
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:
+def _interrupt_once(signum, frame) -> None:
+    """The first SIGINT or SIGTERM stops the run like Ctrl-C; later ones are ignored while it writes its reports."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -204,7 +207,7 @@ def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
     launch = launch_from_env()
     quiet = quiet or (launch is not None and launch.rank != 0)  # rank 0 speaks for the job
     progress = progress_for(quiet)
-    previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         on_model = _demo_notice if opts.model == "demo" and not quiet else (lambda loaded: None)
         callbacks = {"on_start": progress.start, "on_row": progress.row, "on_model": on_model}
@@ -228,10 +231,14 @@ def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         progress.close()
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is _interrupt_once:  # after a signal they stay ignored until the process ends
+                signal.signal(sig, handler)
     if not quiet:
         typer.echo(closing_line(outcome.summary, opts.out), err=True)
-    if outcome.summary["skipped"]:
+    if outcome.stopped:
+        typer.echo(f"error: the run stopped: {outcome.stopped}; free space and run again with --resume", err=True)
+    elif outcome.summary["skipped"]:
         typer.echo(
             f"error: {outcome.summary['skipped']} rows were lost with their rank; run again with --resume", err=True
         )
@@ -308,12 +315,15 @@ def check_durations(
 
     Exit 0 when every row passes, 1 otherwise."""
     from voiceclone import durations
-    from voiceclone.files import atomic_write_text
+    from voiceclone.files import atomic_write_text, first_line
     from voiceclone.io.subset import Subset, parse_ids
 
     try:
         if rel_tol < 0 or abs_tol < 0:
             raise UsageError("--rel-tol and --abs-tol must not be negative")
+        for flag, path in (("--json", json_path), ("--junit", junit)):
+            if path is not None and not path.parent.is_dir():
+                raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
         if reference is not None and not reference.is_dir():
             raise UsageError(f"--reference {reference}: not a folder")
         subset = Subset(limit, parse_ids(ids))
@@ -325,10 +335,15 @@ def check_durations(
     settings |= {"reference": str(reference) if reference else None, "rel_tol": rel_tol, "abs_tol": abs_tol}
     settings |= {"limit": limit, "ids": list(subset.ids) if subset.ids else None}
     settings["tokens_from"] = str(tokens_from) if tokens_from else None
-    if json_path:
-        atomic_write_text(json_path, json.dumps(durations.results_json(results, settings), indent=2) + "\n")
-    if junit:
-        atomic_write_text(junit, durations.junit_xml(results))
+    for flag, path, text in (
+        ("--json", json_path, lambda: json.dumps(durations.results_json(results, settings), indent=2) + "\n"),
+        ("--junit", junit, lambda: durations.junit_xml(results)),
+    ):
+        try:
+            if path is not None:
+                atomic_write_text(path, text())
+        except OSError as e:
+            raise _fail(UsageError(f"{flag} {path}: cannot write ({e.strerror or first_line(e)})")) from None
     if quiet:
         typer.echo(durations.summary_line(results))
     elif sys.stdout.isatty():
@@ -404,7 +419,9 @@ def run_command(name: str, args: list[str], prog_name: str) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGTERM, like Ctrl-C, exits 130 from the start (see `_interrupt_once`)."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         app()
     except KeyboardInterrupt:

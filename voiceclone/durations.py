@@ -97,7 +97,7 @@ def expected_rows(out_dir: Path, manifest: Path | None = None, fmt: str | None =
     report = out_dir / REPORT_JSONL
     if not report.is_file():
         raise UsageError(f"{report}: no report to take the expected rows from; pass --manifest")
-    rows = [Expected(row_id) for row_id in read_report_rows(report)]
+    rows = [Expected(row_id) for row_id in read_report_rows(report, strict=True)]
     for row in rows:
         problem = id_problem(row.id)
         if problem:
@@ -108,14 +108,24 @@ def expected_rows(out_dir: Path, manifest: Path | None = None, fmt: str | None =
 
 
 def _run_sample_rate(out_dir: Path) -> tuple[int | None, float]:
-    """The run's sample rate and token rate from summary.json (None / 25 Hz when absent)."""
+    """The run's sample rate and token rate from summary.json (None / 25 Hz when absent or unreadable); a value of
+    the wrong kind is a UsageError naming the file and key."""
+    path = out_dir / SUMMARY_JSON
     try:
-        summary = json.loads((out_dir / SUMMARY_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None, TOKEN_RATE_HZ
-    rate = summary.get("sample_rate") if isinstance(summary, dict) else None
-    token_rate = summary.get("token_frame_rate") if isinstance(summary, dict) else None
-    return (rate if isinstance(rate, int) else None), float(token_rate or TOKEN_RATE_HZ)
+    if not isinstance(summary, dict):
+        return None, TOKEN_RATE_HZ
+    rate, token_rate = summary.get("sample_rate"), summary.get("token_frame_rate", TOKEN_RATE_HZ)
+    for key, value in (("sample_rate", rate), ("token_frame_rate", token_rate)):
+        if value is not None and not _positive_number(value):
+            raise UsageError(f"{path}: {key}: expected a positive number, got {json.dumps(value)[:40]}")
+    return rate, float(token_rate or TOKEN_RATE_HZ)
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -206,7 +216,7 @@ def token_digests(source: Path) -> tuple[Path, dict[str, str | None]]:
     path = source / REPORT_JSONL if source.is_dir() else source
     if not path.is_file():
         raise UsageError(f"--tokens-from {source}: no {REPORT_JSONL} there")
-    rows = read_report_rows(path)
+    rows = read_report_rows(path, strict=True)
     if not rows:
         raise UsageError(f"{path}: holds no report rows")
     return path, {row_id: row.speech_token_digest for row_id, row in rows.items()}
@@ -244,7 +254,7 @@ def check_durations(
     rows = expected_rows(out_dir, Path(manifest) if manifest else None, fmt)
     rows = (subset or Subset()).select(rows)
     other, digests = token_digests(Path(tokens_from)) if tokens_from is not None else (None, {})
-    report = read_report_rows(out_dir / REPORT_JSONL)
+    report = read_report_rows(out_dir / REPORT_JSONL, strict=True)
     run_rate, token_rate = _run_sample_rate(out_dir)
     results = []
     for exp in rows:

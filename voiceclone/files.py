@@ -3,7 +3,9 @@ sha256 digests, and the first line of an exception for one-line errors."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -18,6 +20,8 @@ TEMP_SUFFIX = ".voiceclone-tmp"
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # disk full, quota, file size limit (ulimit -f)
+_os_write = os.write  # every byte this tool writes to a file goes through here (tests inject faults)
 
 
 def temp_name_for(path: Path) -> Path:
@@ -54,8 +58,28 @@ def read_bytes_nofollow(path: Path) -> bytes | None:
         return handle.read()
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd`; a full disk raises OSError (ENOSPC, EDQUOT or EFBIG), never a short write."""
+    view = memoryview(data)
+    while view:
+        view = view[_os_write(fd, view) :]
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether an error says the disk (or quota, or file size limit) is full."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
 def atomic_write(path: str | Path, fill: Callable[[BinaryIO], None]) -> None:
-    """Call `fill(handle)` on a new exclusive temp file beside `path`, fsync, then rename it over `path`.
+    """Call `fill(handle)` on an in-memory file, then write its bytes atomically (see `atomic_write_bytes`); the
+    encoder never meets a failing disk, so a full one is an OSError (ENOSPC), not the encoder's own error."""
+    buffer = io.BytesIO()
+    fill(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to a new exclusive temp file beside `path`, fsync, then rename it over `path`.
 
     The temp file is created with O_EXCL and O_NOFOLLOW under a random name, so nothing planted is written through;
     the rename replaces a symlink at `path` itself, never its target. On any error the temp file is removed."""
@@ -63,19 +87,15 @@ def atomic_write(path: str | Path, fill: Callable[[BinaryIO], None]) -> None:
     tmp = temp_name_for(path)
     fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)  # the umask applies, as for a plain open
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fill(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically (see `atomic_write`)."""
-    atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -3,6 +3,7 @@ subsets that would drop report rows), creating it, and clearing temp files of ki
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -33,13 +34,16 @@ def existing_outputs(out: Path, rows: list[Row], names: tuple[str, ...] = RUN_FI
 
 
 def refuse_existing(out: Path, rows: list[Row], resume: bool, force: bool, names: tuple[str, ...] = RUN_FILES) -> None:
-    """UsageError when `out` is not a folder, or holds this run's outputs (`names` and the rows' wavs) and neither
-    --resume nor --force."""
+    """UsageError when `out` is not a folder, holds a link or a non-file where this run writes a file, or holds this
+    run's outputs (`names` and the rows' wavs) and neither --resume nor --force."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
     for name in names:
         if (out / name).is_symlink():
             raise UsageError(f"{out / name}: is a symbolic link; voiceclone never writes through links (remove it)")
+    for path in [out / name for name in names] + [out / f"{row.id}.wav" for row in rows]:
+        if os.path.lexists(path) and not (path.is_symlink() or path.is_file()):
+            raise UsageError(f"{path}: is not a regular file; this run writes a file there (remove it)")
     found = existing_outputs(out, rows, names)
     if found and not (resume or force):
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
@@ -70,10 +74,12 @@ def make_out_dir(out: Path, clear_temp: bool = True) -> None:
 
 
 def remove_temp_files(out: Path) -> None:
-    """Delete temp files a killed run of this tool left behind (only names `files.is_temp_name` recognises)."""
+    """Delete temp files a killed run of this tool left behind (only names `files.is_temp_name` recognises; a file
+    that cannot be deleted stays)."""
     for path in out.glob(".*"):
         if is_temp_name(path.name) and not path.is_dir():
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 def wav_intact(path: Path, entry: ReportRow) -> bool:

@@ -24,7 +24,6 @@ from voiceclone.io import audio
 from voiceclone.io.manifest import Row, resolve
 from voiceclone.io.report import (
     JOURNAL,
-    Journal,
     ReportRow,
     report_jsonl_text,
     row_fingerprint,
@@ -43,6 +42,7 @@ from voiceclone.outdir import (
     run_files,
     wav_intact,
 )
+from voiceclone.outputs import append_row, close_journal, error_text, open_journal, reports_error
 from voiceclone.shards import Shard, previous_rows, remove_shard_files, shard_entry
 
 
@@ -95,10 +95,19 @@ class SynthOutcome:
 
     rows: list[ReportRow]
     summary: dict
+    stopped: str | None = None  # why the run stopped early (a write to --out failed), if it did
 
     @property
     def failed(self) -> int:
         return sum(row.status == "failed" for row in self.rows)
+
+
+class _WriteFailed(Exception):
+    """A row's wav could not be written: the run stops after recording the row as failed."""
+
+    def __init__(self, entry: ReportRow):
+        super().__init__(entry.error)
+        self.entry = entry
 
 
 class Interrupted(Exception):
@@ -217,8 +226,8 @@ def report_row(
     try:
         audio.write_wav(out / name, result.wav, result.sample_rate, wav_format)
     except OSError as e:
-        entry.error = f"cannot write {out / name}: {e.strerror or e}"
-        return entry
+        entry.error = f"cannot write {out / name}: {error_text(e)}"
+        raise _WriteFailed(entry) from None
     stats = audio.audio_stats(result.wav, result.sample_rate)
     entry.status, entry.wav = "ok", name
     entry.speech_token_digest = speech_token_digest(result.speech_tokens)
@@ -281,10 +290,10 @@ def run_synth(
     config = model.config if model is not None else model_config.read_config(model_dir, opts.llm_file)
     if opts.owner:
         clear_out(opts)
+    journal_name = opts.shard.journal if opts.shard is not None else JOURNAL
+    journal = open_journal(opts.out / journal_name, [opts.out / f"{row.id}.wav" for row in plan.todo])
     if model is not None:
         on_model(model)
-    for row in plan.todo:
-        (opts.out / f"{row.id}.wav").unlink(missing_ok=True)  # never leave an old wav beside a new report entry
     done = dict(plan.kept)
     on_start(len(plan.rows), list(plan.kept.values()))
     by_id = {row.id: row for row in plan.rows}
@@ -294,20 +303,23 @@ def run_synth(
             batch_size=opts.batch_size, max_batch_tokens=opts.max_batch_tokens, text_frontend=opts.text_frontend
         )
         runner = engine.Engine(model, settings)
-    interrupted = False
-    journal_name = opts.shard.journal if opts.shard is not None else JOURNAL
-    journal = Journal(opts.out / journal_name)
+    interrupted, stopped = False, None
     try:
         for result in runner.run(plan.todo) if runner is not None else ():
             seed, fingerprint = by_id[result.id].seed, plan.fingerprints[result.id]
-            entry = report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
-            journal.append(entry)
+            try:
+                entry = report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
+            except _WriteFailed as failed:
+                entry, stopped = failed.entry, failed.entry.error
             done[entry.id] = entry
+            stopped = append_row(journal, entry) or stopped
             on_row(entry)
+            if stopped:
+                break  # every later row would fail the same way
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        journal.close()
+        stopped = close_journal(journal) or stopped
         if opts.shard is None:
             remove_temp_files(opts.out)
     facts = {
@@ -318,7 +330,7 @@ def run_synth(
         "threads": threads,
         "peak_memory_bytes": runner.stats.get("peak_memory_bytes") if runner is not None else None,
     }
-    return finish_run((len(rows), len(chosen)), opts, plan, done, facts, (started, started_at), interrupted)
+    return finish_run((len(rows), len(chosen)), opts, plan, done, facts, (started, started_at), interrupted, stopped)
 
 
 def finish_run(
@@ -329,14 +341,15 @@ def finish_run(
     facts: dict,
     start: tuple[float, str],
     interrupted: bool,
+    stopped: str | None = None,
 ) -> SynthOutcome:
     """The report rows in manifest order (unfinished ones `skipped`), the summary (`facts`: sample_rate,
     token_frame_rate, device, dtypes, threads, peak_memory_bytes, optionally world_size; `counts`: the manifest's
-    rows and the chosen ones) and the files; raises Interrupted after writing them when `interrupted`."""
+    rows and the chosen ones) and the files; raises Interrupted after writing them when `interrupted`, OutputError
+    when they do not fit (`stopped`: why a write to `--out` stopped the run early)."""
+    why = f"not made: the run stopped ({stopped})" if stopped else "interrupted before this row finished"
     report_rows = [
-        done.get(row.id)
-        or ReportRow(id=row.id, status="skipped", error="interrupted before this row finished", seed=row.seed)
-        for row in plan.rows
+        done.get(row.id) or ReportRow(id=row.id, status="skipped", error=why, seed=row.seed) for row in plan.rows
     ]
     dtypes = facts["dtypes"]
     run = {
@@ -359,6 +372,7 @@ def finish_run(
         "wav_format": opts.wav_format,
         "peak_memory_bytes": facts["peak_memory_bytes"],
         "interrupted": interrupted,
+        "stopped": stopped,
         "started": start[1],
         "voiceclone_version": __version__,
         "world_size": facts.get("world_size", opts.shard.count if opts.shard is not None else 1),
@@ -367,8 +381,11 @@ def finish_run(
         run["shard"] = {"index": opts.shard.index, "count": opts.shard.count}
     summary = summarize(report_rows, time.perf_counter() - start[0], run, frozenset(plan.kept))
     summary["shards"] = [shard_entry(opts.shard, summary, facts["threads"])]
-    write_outputs(opts, report_rows, summary)
-    outcome = SynthOutcome(report_rows, summary)
+    try:
+        write_outputs(opts, report_rows, summary)
+    except OSError as e:
+        raise reports_error(opts.out, report_rows, e) from None
+    outcome = SynthOutcome(report_rows, summary, stopped)
     if interrupted:
         raise Interrupted(outcome)
     return outcome

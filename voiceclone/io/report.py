@@ -6,13 +6,15 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from voiceclone.files import atomic_write_bytes, atomic_write_text, open_nofollow, read_bytes_nofollow
+from voiceclone.errors import UsageError
+from voiceclone.files import atomic_write_bytes, atomic_write_text, open_nofollow, read_bytes_nofollow, write_all
 
 REPORT_JSONL = "report.jsonl"
 REPORT_CSV = "report.csv"
@@ -59,10 +61,33 @@ class ReportRow:
 
     @classmethod
     def from_dict(cls, data: dict) -> ReportRow:
-        """Build from a parsed JSON object; raises ValueError when it is not a report row."""
+        """Build from a parsed JSON object; raises ValueError (naming the field) when it is not a report row."""
         if not isinstance(data, dict) or not isinstance(data.get("id"), str) or data.get("status") not in STATUSES:
-            raise ValueError("not a report row")
-        return cls(**{k: v for k, v in data.items() if k in REPORT_FIELDS})
+            raise ValueError("not a report row (an object with an `id` and a `status`)")
+        known = {f.name: f.type for f in fields(cls)}
+        for name, value in data.items():
+            if name in known and not _of_type(value, known[name]):
+                raise ValueError(f"{name}: expected {known[name]}, got {json.dumps(value)[:40]}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "dict[str, float]": (dict,), "dict[str, str]": (dict,)}
+
+
+def _of_type(value: object, annotation: str) -> bool:
+    """Whether a JSON value fits a ReportRow field's annotation (`int | None`, `dict[str, float]`, ...); numbers are
+    finite and never booleans; a dict's values are numbers or strings as annotated."""
+    base, _, optional = annotation.partition(" | ")
+    if value is None:
+        return bool(optional)
+    if isinstance(value, bool) or not isinstance(value, _TYPES[base]):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        inner = "float" if base.endswith("float]") else "str"
+        return all(isinstance(k, str) and _of_type(v, inner) for k, v in value.items())
+    return True
 
 
 REPORT_FIELDS = tuple(f.name for f in fields(ReportRow))
@@ -116,18 +141,25 @@ def write_summary(out_dir: str | Path, summary: dict) -> None:
     )
 
 
-def read_report_rows(path: str | Path) -> dict[str, ReportRow]:
-    """Rows of a report or journal JSONL file by id (a later line wins); lines that do not parse are skipped.
+def read_report_rows(path: str | Path, strict: bool = False) -> dict[str, ReportRow]:
+    """Rows of a report or journal JSONL file by id (a later line wins); lines that are not report rows are skipped
+    (`--resume` redoes those rows), or with `strict` are a UsageError naming the file and line.
 
     A symbolic link at `path` is refused (UsageError), never followed."""
     rows: dict[str, ReportRow] = {}
     data = read_bytes_nofollow(Path(path)) or b""
-    for raw in data.splitlines(keepends=True):
-        if not raw.endswith(b"\n"):
+    for number, raw in enumerate(data.splitlines(keepends=True), 1):
+        if not raw.endswith(b"\n") and not strict:
             break  # an unfinished last line (the writer was killed): ignore it
         try:
-            row = ReportRow.from_dict(json.loads(raw))
-        except (ValueError, TypeError, RecursionError):
+            parsed = json.loads(raw)
+        except (ValueError, RecursionError):
+            parsed = None
+        try:
+            row = ReportRow.from_dict(parsed)
+        except ValueError as e:
+            if strict:
+                raise UsageError(f"{path}:{number}: {e if parsed is not None else 'not JSON'}") from None
             continue
         rows[row.id] = row
     return rows
@@ -143,8 +175,7 @@ class Journal:
         self.path = Path(path)
         self.fsync_every_s = fsync_every_s
         self._repair()
-        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        self._file = os.fdopen(fd, "ab")  # held open for the whole run, closed by close()
+        self._fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # held open until close()
         self._synced = time.monotonic()
 
     def _repair(self) -> None:
@@ -154,16 +185,17 @@ class Journal:
             atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
 
     def append(self, row: ReportRow) -> None:
-        self._file.write((row_json(row) + "\n").encode("utf-8"))
-        self._file.flush()
+        """Write the row's line (a full disk raises OSError and may leave part of it, which `_repair` cuts)."""
+        write_all(self._fd, (row_json(row) + "\n").encode("utf-8"))
         if time.monotonic() - self._synced >= self.fsync_every_s:
-            os.fsync(self._file.fileno())
+            os.fsync(self._fd)
             self._synced = time.monotonic()
 
     def close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
 
 
 def row_fingerprint(

@@ -18,6 +18,7 @@ from torch import nn
 from voiceclone.errors import ModelError
 from voiceclone.files import first_line
 from voiceclone.frontend.features import MelConfig
+from voiceclone.loading.checks import YAML_PLACES, check_config, check_value, check_values
 from voiceclone.loading.hyperpyyaml import MAX_YAML_BYTES, YamlCall, read_hyperpyyaml
 from voiceclone.loading.layout import (
     BLANK_EN,
@@ -96,6 +97,7 @@ def _read_yaml(path: Path) -> dict:
 
 def _qwen_config(path: Path) -> Qwen2Config:
     data = read_json(path)
+    check_values(Qwen2Config, data, str(path))
     try:
         return Qwen2Config.from_hf(data)
     except ModelError as exc:
@@ -146,6 +148,7 @@ def official_config(model_dir: Path, llm_state: dict[str, torch.Tensor], llm_pat
     llm = _need(top, "llm", where)
     sampling = _need(llm, "sampling", f"{where}: llm")
     speech_token_size = _need(llm, "speech_token_size", f"{where}: llm")
+    check_value(speech_token_size, "int", "speech_token_size", f"{where}: llm.speech_token_size")
     if _need(llm, "llm_input_size", f"{where}: llm") != qwen.hidden_size:
         raise ModelError(f"{where}: llm_input_size differs from hidden_size of {BLANK_EN}/config.json")
     if speech_rows <= speech_token_size:
@@ -194,7 +197,7 @@ def official_config(model_dir: Path, llm_state: dict[str, torch.Tensor], llm_pat
 
     feat = _need(top, "feat_extractor", where)
     mel = MelConfig(**{k: _need(feat, k, f"{where}: feat_extractor") for k in _MEL_KEYS})
-    return ModelConfig(
+    config = ModelConfig(
         family="cosyvoice3",
         sample_rate=_need(top, "sample_rate", where),
         token_frame_rate=_need(top, "token_frame_rate", where),
@@ -204,6 +207,8 @@ def official_config(model_dir: Path, llm_state: dict[str, torch.Tensor], llm_pat
         hift=hift,
         mel=mel,
     )
+    check_config(config, where, YAML_PLACES)
+    return config
 
 
 def _speech_rows(llm_state: dict[str, torch.Tensor], path: Path) -> int:
@@ -225,9 +230,11 @@ def read_config(path: str | Path, llm_file: str = "llm.pt") -> ModelConfig:
 
 def converted_config(path: Path) -> ModelConfig:
     try:
-        return ModelConfig.from_json(read_converted_json(path)["config"])
-    except (KeyError, TypeError) as exc:
+        config = ModelConfig.from_json(read_converted_json(path)["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelError(f"{path}: config does not match this voiceclone version ({first_line(exc)})") from None
+    check_config(config, f"{path}: config")
+    return config
 
 
 def build_networks(config: ModelConfig) -> dict[str, nn.Module]:

@@ -44,6 +44,7 @@ def convert(src: str | Path, dst: str | Path, llm_file: str = "llm.pt", overwrit
         raise ModelError(f"{src_dir}: already a converted directory")
     if dst.exists() and not overwrite:
         raise UsageError(f"{dst}: already exists; pass --overwrite to replace it, or choose another folder")
+    _check_destination(dst)
     config, states, model_id = read_states(src_dir, llm_file)
     networks = load_networks(config, states, official=True)
     del states
@@ -63,9 +64,21 @@ def convert(src: str | Path, dst: str | Path, llm_file: str = "llm.pt", overwrit
         _copy_resources(src_dir, tmp)
         (tmp / layout.CONVERTED_CONFIG).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    build_folder(dst, fill, replace=overwrite)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        build_folder(dst, fill, replace=overwrite)
+    except OSError as e:
+        raise UsageError(f"{dst}: cannot write the converted model ({e.strerror or e})") from None
     return dst
+
+
+def _check_destination(dst: Path) -> None:
+    """UsageError, before any weight is read, when the nearest existing folder above `dst` is not a folder."""
+    for parent in dst.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UsageError(f"{dst}: cannot create it: {parent} is not a folder")
+            return
 
 
 def _tensor_summary(state: dict[str, torch.Tensor]) -> dict:

@@ -52,6 +52,8 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object")
     return data
@@ -98,8 +100,8 @@ def read_converted_json(path: Path) -> dict:
             f"{path}: format {data.get('format')!r} version {data.get('format_version')!r} is not "
             f"voiceclone version {FORMAT_VERSION}; convert the model again"
         )
-    if "config" not in data:
-        raise ModelError(f"{path}: missing `config`")
+    if not isinstance(data.get("config"), dict) or not isinstance(data["config"].get("family"), str):
+        raise ModelError(f"{path}: missing `config` (an object naming the model `family`)")
     return data
 
 
