@@ -1,5 +1,14 @@
-"""`python -m voiceclone` runs the command line."""
+"""`python -m voiceclone` runs the command line; SIGTERM, like Ctrl-C, exits 130 from the first instruction on."""
 
-from voiceclone.cli import main
+import sys
+
+from voiceclone import interrupts
+
+interrupts.install()
+try:
+    from voiceclone.cli import main
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted\n")
+    sys.exit(130)
 
 main()

@@ -7,14 +7,13 @@ files (`check-durations`, `inspect` of a converted folder, `synth --dry-run`) ne
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import tomllib
 from pathlib import Path
 
 import typer
 
-from voiceclone import __version__
+from voiceclone import __version__, interrupts
 from voiceclone.errors import UsageError, VoiceCloneError
 from voiceclone.usage import CONFIG_META, EXIT_INTERRUPTED, Command, Group, one_line_errors
 
@@ -100,13 +99,6 @@ def _format_option(value: str | None) -> str | None:
 
 def _demo_notice(loaded) -> None:
     typer.echo(DEMO_NOTICE, err=True)
-
-
-def _interrupt_once(signum, frame) -> None:
-    """The first SIGINT or SIGTERM stops the run like Ctrl-C; later ones are ignored while it writes its reports."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 @app.command(cls=Command, short_help="Clone the voices of a manifest's rows.")
@@ -207,7 +199,7 @@ def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
     launch = launch_from_env()
     quiet = quiet or (launch is not None and launch.rank != 0)  # rank 0 speaks for the job
     progress = progress_for(quiet)
-    previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = interrupts.install()
     try:
         on_model = _demo_notice if opts.model == "demo" and not quiet else (lambda loaded: None)
         callbacks = {"on_start": progress.start, "on_row": progress.row, "on_model": on_model}
@@ -231,9 +223,7 @@ def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         progress.close()
-        for sig, handler in previous.items():
-            if signal.getsignal(sig) is _interrupt_once:  # after a signal they stay ignored until the process ends
-                signal.signal(sig, handler)
+        interrupts.restore(previous)
     if not quiet:
         typer.echo(closing_line(outcome.summary, opts.out), err=True)
     if outcome.stopped:
@@ -419,9 +409,8 @@ def run_command(name: str, args: list[str], prog_name: str) -> int:
 
 
 def main() -> None:
-    """Console-script entry point: SIGTERM, like Ctrl-C, exits 130 from the start (see `_interrupt_once`)."""
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    """Console-script entry point: SIGTERM, like Ctrl-C, exits 130 (see `interrupts`)."""
+    interrupts.install()
     try:
         app()
     except KeyboardInterrupt:
