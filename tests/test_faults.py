@@ -143,6 +143,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path, reference_run):
     result = invoke(synth_args(manifest, out, "--resume"))
     assert result.exit_code == 0, result.output
     assert_complete_like(out, reference, ids)
+    assert os.listdir(tmp_path) == ["o"]  # nothing written beside --out
 
 
 class DiskFull:
