@@ -11,6 +11,7 @@ import typer
 from typer._click import exceptions as click_errors
 from typer._click.core import ParameterSource
 from typer.core import TyperCommand, TyperGroup
+from typer.exceptions import Abort
 
 EXIT_INTERRUPTED = 130
 CONFIG_META = "voiceclone.config"  # ctx.meta key: the --config file the flag defaults came from
@@ -32,7 +33,7 @@ def one_line_errors(call: Callable[[], Any]) -> int:
     except click_errors.ClickException as e:
         typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
         return e.exit_code
-    except click_errors.Abort:
+    except (Abort, KeyboardInterrupt):  # typer's Abort (its click has none); Ctrl-C outside a command's body
         typer.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
     return result if isinstance(result, int) else 0
