@@ -277,3 +277,20 @@ def test_a_ctrl_c_reaching_the_error_handler_is_130_not_a_traceback(capsys):
 
     assert one_line_errors(interrupted) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_only_the_first_signal_raises_and_a_swallowed_one_is_still_seen():
+    from voiceclone import interrupts
+
+    previous = interrupts.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.interrupt_once(signal.SIGINT, None)
+        interrupts.interrupt_once(signal.SIGTERM, None)  # noted, not raised: the clean-up goes on
+        assert interrupts.requested()
+    finally:
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+    again = interrupts.install()  # a new run (in this process) starts un-interrupted
+    assert not interrupts.requested()
+    interrupts.restore(again)

@@ -1,28 +1,38 @@
 """SIGINT and SIGTERM as one Ctrl-C: the first raises KeyboardInterrupt (the command exits 130 after writing its
-reports), later ones are ignored, so a burst of signals cannot interrupt the clean-up with a second traceback."""
+reports), later ones are only noted, so a burst of signals cannot interrupt the clean-up with a second traceback.
+`requested()` tells a run loop that a signal came even if its KeyboardInterrupt was swallowed (e.g. in a finaliser)."""
 
 from __future__ import annotations
 
 import signal
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_state = {"requested": False}
 
 
 def interrupt_once(signum, frame) -> None:
-    """Signal handler: ignore further SIGINT/SIGTERM, then stop like Ctrl-C."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """Signal handler: the first signal raises KeyboardInterrupt, later ones are noted only."""
+    if not _state["requested"]:
+        _state["requested"] = True
+        raise KeyboardInterrupt
+
+
+def requested() -> bool:
+    """Whether a SIGINT or SIGTERM came since `install`."""
+    return _state["requested"]
 
 
 def install() -> dict:
     """Handle SIGINT and SIGTERM with `interrupt_once`; the previous handlers, by signal."""
-    return {sig: signal.signal(sig, interrupt_once) for sig in SIGNALS}
+    previous = {sig: signal.signal(sig, interrupt_once) for sig in SIGNALS}
+    if interrupt_once not in previous.values():
+        _state["requested"] = False
+    return previous
 
 
 def restore(previous: dict) -> None:
-    """Put back the `previous` handlers; where they were `interrupt_once` (the command line's own, the process ends
-    next) a signal that came leaves the signals ignored rather than armed again."""
+    """Put back the `previous` handlers, except `interrupt_once` ones (the command line's own: the process ends next,
+    and a signal that came must not arm them again)."""
     for sig, handler in previous.items():
         if handler is not interrupt_once:
             signal.signal(sig, handler)

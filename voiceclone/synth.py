@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voiceclone import __version__
+from voiceclone import __version__, interrupts
 from voiceclone.errors import UsageError
 from voiceclone.files import atomic_write_text
 from voiceclone.frontend.text import frontend_id
@@ -306,6 +306,8 @@ def run_synth(
     interrupted, stopped = False, None
     try:
         for result in runner.run(plan.todo) if runner is not None else ():
+            if interrupts.requested():
+                raise KeyboardInterrupt  # a signal came but its KeyboardInterrupt was swallowed on the way
             seed, fingerprint = by_id[result.id].seed, plan.fingerprints[result.id]
             try:
                 entry = report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
