@@ -67,7 +67,7 @@ def _kind(value: Any, annotation: str, name: str) -> str | None:
     `tuple[tuple[int, ...], ...]`, ...), or None when it fits."""
     base, _, optional = annotation.partition(" | ")
     if value is None:
-        return None if optional else f"expected {base}, got null"
+        return None if optional else f"expected {base}"
     if base.startswith("tuple["):
         inner = base[len("tuple[") : -len(", ...]")]
         if not isinstance(value, tuple | list) or len(value) > MAX_ITEMS:
@@ -81,6 +81,8 @@ def _kind(value: Any, annotation: str, name: str) -> str | None:
         return None if isinstance(value, bool) else "expected true or false"
     if base == "str":
         return None if isinstance(value, str) else "expected a string"
+    if base not in ("int", "float"):
+        return None  # another kind of field (a nested config is checked field by field)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"expected {'an integer' if base == 'int' else 'a number'}"
     if base == "int":
