@@ -294,3 +294,22 @@ def test_only_the_first_signal_raises_and_a_swallowed_one_is_still_seen():
     again = interrupts.install()  # a new run (in this process) starts un-interrupted
     assert not interrupts.requested()
     interrupts.restore(again)
+
+
+def test_a_signal_inside_a_finaliser_is_noted_not_raised(monkeypatch):
+    from voiceclone import interrupts
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)  # where Python reports an exception it drops
+
+    class Finalised:
+        def __del__(self) -> None:
+            interrupts.interrupt_once(signal.SIGINT, sys._getframe())
+
+    previous = interrupts.install()
+    try:
+        Finalised()  # Python would print "Exception ignored in __del__" for a KeyboardInterrupt raised here
+        assert interrupts.requested() and dropped == []
+    finally:
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])

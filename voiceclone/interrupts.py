@@ -11,10 +11,21 @@ _state = {"requested": False}
 
 
 def interrupt_once(signum, frame) -> None:
-    """Signal handler: the first signal raises KeyboardInterrupt, later ones are noted only."""
+    """Signal handler: the first signal raises KeyboardInterrupt, later ones are noted only; one that lands in a
+    finaliser (where Python would print the exception and drop it) is noted only, and the run loop stops on it."""
     if not _state["requested"]:
         _state["requested"] = True
-        raise KeyboardInterrupt
+        if not _in_finaliser(frame):
+            raise KeyboardInterrupt
+
+
+def _in_finaliser(frame) -> bool:
+    """Whether `frame` runs inside a `__del__` or a weakref callback."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def requested() -> bool:
