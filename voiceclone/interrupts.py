@@ -1,6 +1,7 @@
 """SIGINT and SIGTERM as one Ctrl-C: the first raises KeyboardInterrupt (the command exits 130 after writing its
-reports), later ones are only noted, so a burst of signals cannot interrupt the clean-up with a second traceback.
-`requested()` tells a run loop that a signal came even if its KeyboardInterrupt was swallowed (e.g. in a finaliser)."""
+reports) and sets both signals to be ignored, so a burst can neither interrupt the clean-up with a second traceback
+nor kill the process while Python shuts down. `requested()` tells a run loop that a signal came even where its
+KeyboardInterrupt was not raised (in a finaliser)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ _state = {"requested": False}
 
 
 def interrupt_once(signum, frame) -> None:
-    """Signal handler: the first signal raises KeyboardInterrupt, later ones are noted only; one that lands in a
-    finaliser (where Python would print the exception and drop it) is noted only, and the run loop stops on it."""
+    """Signal handler: ignore further SIGINT/SIGTERM, then raise KeyboardInterrupt the first time; a signal that lands
+    in a finaliser (where Python would print the exception and drop it) is noted only, and the run loop stops on it."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # ignored ones stay ignored while Python shuts down (handled ones do not)
     if not _state["requested"]:
         _state["requested"] = True
         if not _in_finaliser(frame):
@@ -36,14 +39,14 @@ def requested() -> bool:
 def install() -> dict:
     """Handle SIGINT and SIGTERM with `interrupt_once`; the previous handlers, by signal."""
     previous = {sig: signal.signal(sig, interrupt_once) for sig in SIGNALS}
-    if interrupt_once not in previous.values():
-        _state["requested"] = False
+    if not any(handler in (interrupt_once, signal.SIG_IGN) for handler in previous.values()):
+        _state["requested"] = False  # a fresh start (in this process), not a nested install after a signal
     return previous
 
 
 def restore(previous: dict) -> None:
     """Put back the `previous` handlers, except `interrupt_once` ones (the command line's own: the process ends next,
-    and a signal that came must not arm them again)."""
+    and a signal that came must leave the signals ignored)."""
     for sig, handler in previous.items():
         if handler is not interrupt_once:
             signal.signal(sig, handler)
