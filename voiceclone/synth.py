@@ -197,9 +197,16 @@ def longest_run(tokens: list[int]) -> int:
 
 
 def report_row(
-    result, row_seed: int, fingerprint: str, out: Path, wav_format: str, dtypes: dict[str, str]
+    result,
+    row_seed: int,
+    fingerprint: str,
+    out: Path,
+    wav_format: str,
+    dtypes: dict[str, str],
+    stop_on_write_error: bool = False,
 ) -> ReportRow:
-    """Write the row's wav (when it has audio) and describe it."""
+    """Write the row's wav (when it has audio) and describe it; a wav that cannot be written fails the row, or with
+    `stop_on_write_error` raises _WriteFailed carrying the failed row (the run stops: later rows would fail too)."""
     entry = ReportRow(
         id=result.id,
         status="failed",
@@ -227,7 +234,9 @@ def report_row(
         audio.write_wav(out / name, result.wav, result.sample_rate, wav_format)
     except OSError as e:
         entry.error = f"cannot write {out / name}: {error_text(e)}"
-        raise _WriteFailed(entry) from None
+        if stop_on_write_error:
+            raise _WriteFailed(entry) from None
+        return entry
     stats = audio.audio_stats(result.wav, result.sample_rate)
     entry.status, entry.wav = "ok", name
     entry.speech_token_digest = speech_token_digest(result.speech_tokens)
@@ -310,7 +319,9 @@ def run_synth(
                 raise KeyboardInterrupt  # a signal came but its KeyboardInterrupt was swallowed on the way
             seed, fingerprint = by_id[result.id].seed, plan.fingerprints[result.id]
             try:
-                entry = report_row(result, seed, fingerprint, opts.out, opts.wav_format, dtypes)
+                entry = report_row(
+                    result, seed, fingerprint, opts.out, opts.wav_format, dtypes, stop_on_write_error=True
+                )
             except _WriteFailed as failed:
                 entry, stopped = failed.entry, failed.entry.error
             done[entry.id] = entry
