@@ -132,10 +132,13 @@ def test_read_config_errors_name_the_file(v3_model_dir, tmp_path, case, named):
     assert "\n" not in str(info.value)
 
 
-def test_cosyvoice2_directory_is_refused_clearly(v3_model_dir):
-    v2 = v3_model_dir.parent.parent / "cosyvoice2-tiny" / "model"
-    with pytest.raises(ModelError, match="cosyvoice2.yaml: CosyVoice2 .*not supported yet"):
-        read_config(v2)
+def test_cosyvoice1_and_unknown_directories_are_refused_clearly(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "cosyvoice.yaml").write_text("sample_rate: 22050\n")
+    with pytest.raises(ModelError, match="cosyvoice.yaml: CosyVoice1 .*not supported"):
+        read_config(tmp_path / "v1")
+    with pytest.raises(ModelError, match="no cosyvoice3.yaml or cosyvoice2.yaml"):
+        read_config(tmp_path)
 
 
 def test_inspect_official_fixture(v3_model_dir):

@@ -19,6 +19,7 @@ from voiceclone.loading.config import read_config
 from voiceclone.loading.convert import inspect
 from voiceclone.loading.layout import load_pt
 from voiceclone.loading.load import load_model, resolve_model
+from voiceclone.loading.recipes import yaml_text
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -161,7 +162,7 @@ def test_unknown_size_or_family():
     with pytest.raises(UsageError, match="size"):
         demo.model_config("huge")
     with pytest.raises(UsageError, match="family"):
-        demo.build_model_dir("/nonexistent/x", family="cosyvoice2")
+        demo.build_model_dir("/nonexistent/x", family="cosyvoice1")
 
 
 def test_full_config_is_the_release_shape():
@@ -181,5 +182,5 @@ def test_full_config_is_the_release_shape():
         64,
     )
     assert (config.hift.base_channels, config.hift.f0_cond_channels) == (512, 512)
-    text = demo.yaml_text(config)
+    text = yaml_text(config, demo.DEMO_FORMAT)
     assert "dim: 1024" in text and "base_channels: 512" in text

@@ -15,9 +15,10 @@ import typer
 
 from voiceclone import __version__, interrupts
 from voiceclone.errors import UsageError, VoiceCloneError
+from voiceclone.loading.families import demo_family, family
 from voiceclone.usage import CONFIG_META, EXIT_INTERRUPTED, Command, Group, one_line_errors
 
-DEMO_NOTICE = "note: --model demo has random weights: its audio is noise (durations and files are real)"
+DEMO_NOTICE = "note: --model {} has random weights: its audio is noise (durations and files are real)"
 
 
 app = typer.Typer(
@@ -98,14 +99,14 @@ def _format_option(value: str | None) -> str | None:
 
 
 def _demo_notice(loaded) -> None:
-    typer.echo(DEMO_NOTICE, err=True)
+    typer.echo(DEMO_NOTICE.format(family(loaded.config.family).demo), err=True)
 
 
 @app.command(cls=Command, short_help="Clone the voices of a manifest's rows.")
 def synth(
     manifest: Path = typer.Argument(..., metavar="MANIFEST", help="CSV/TSV, JSONL or Seed-TTS .lst manifest."),
     model: str = typer.Option(
-        ..., "--model", metavar="MODEL", help="Official or converted model folder, hub id ORG/NAME, or demo."
+        ..., "--model", metavar="MODEL", help="Official or converted model folder, hub id ORG/NAME, demo or demo-v2."
     ),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for <id>.wav and the reports."),
     fmt: str | None = typer.Option(
@@ -201,7 +202,7 @@ def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
     progress = progress_for(quiet)
     previous = interrupts.install()
     try:
-        on_model = _demo_notice if opts.model == "demo" and not quiet else (lambda loaded: None)
+        on_model = _demo_notice if demo_family(opts.model) and not quiet else (lambda loaded: None)
         callbacks = {"on_start": progress.start, "on_row": progress.row, "on_model": on_model}
         if ray_opts is not None:
             from voiceclone.raybackend import run_ray

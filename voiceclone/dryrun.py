@@ -11,6 +11,7 @@ from pathlib import Path
 from voiceclone.errors import ModelError
 from voiceclone.io.manifest import Row
 from voiceclone.loading import layout
+from voiceclone.loading.families import demo_family
 from voiceclone.outdir import existing_outputs, run_files
 from voiceclone.synth import SynthOptions, check_out, dtype_label, plan_run
 
@@ -40,9 +41,8 @@ def check_model_folder(model_dir: Path, llm_file: str) -> None:
     """The dry run's model check, without reading weights: a known family, every file there, and weight files whose
     container is whole (ModelError otherwise)."""
     model_dir = layout.existing_dir(model_dir)
-    layout.family_of(model_dir)
     converted = layout.is_converted(model_dir)
-    layout.check_files(model_dir, layout.converted_files() if converted else layout.official_files(llm_file))
+    layout.check_files(model_dir, layout.model_files(model_dir, llm_file))
     if converted:
         layout.read_converted_json(model_dir / layout.CONVERTED_CONFIG)
     for file in layout.network_files(converted, llm_file).values():
@@ -63,7 +63,7 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     model, model_dir = opts.model, None
     if opts.allow_download and hub.is_hub_id(model) and hub.find_cached(model) is None:
         model += " (in no local cache: the run downloads it)"
-    elif model != "demo":
+    elif demo_family(model) is None:
         model_dir = hub.model_dir(model)
         check_model_folder(model_dir, opts.llm_file)
     prompts = {row.prompt_audio for row in chosen}
@@ -79,10 +79,10 @@ def dry_run(rows: list[Row], opts: SynthOptions) -> str:
     if not opts.resume:
         found = existing_outputs(opts.out, chosen, run_files(opts.out, opts.shard))
         return line + f"{len(found)} existing outputs in {opts.out}"
-    if model_dir is None and model == "demo":
+    if model_dir is None and demo_family(model) is not None:
         from voiceclone.loading.load import resolve_model
 
-        model_dir = resolve_model("demo")
+        model_dir = resolve_model(model)
     if model_dir is None:
         return line + f"--resume: 0 rows kept (the model is not here yet), {len(chosen)} to make"
     plan = plan_run(chosen, opts, model_dir, dtypes)

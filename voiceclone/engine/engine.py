@@ -26,6 +26,7 @@ from voiceclone.frontend import text
 from voiceclone.frontend.prompt import PromptFeatures
 from voiceclone.io.audio import MAX_PROMPT_SECONDS
 from voiceclone.io.manifest import Row
+from voiceclone.loading.families import family
 from voiceclone.seeds import segment_seed
 
 STAGES = ("frontend", "llm", "flow", "hift")
@@ -81,6 +82,7 @@ class _Segment:
     tokens: list[int] = field(default_factory=list)
     flow_tokens: list[int] = field(default_factory=list)
     stop_reason: str = "eos"
+    rng_state: torch.Tensor | None = None  # the row's generator after the LM's draws (a vocoder with noise goes on)
     wav: torch.Tensor | None = None
 
 
@@ -154,6 +156,7 @@ class Engine:
             raise ValueError("batch_size, max_batch_tokens and window_rows must be positive")
         self.sample_rate = model.config.sample_rate
         self.segment_tokens = segment_token_limit(model.config)
+        self.family = family(model.config.family)
         self.tokens = TokenGenerator(model.lm, slots=self.settings.batch_size)  # one KV cache for the run
         self.stats: dict[str, float] = {}
 
@@ -212,7 +215,8 @@ class Engine:
                 raise ValueError(f"row {row.id}: not resolved (run the rows through io.manifest.resolve first)")
             lm, tokenizer = self.model.lm, self.model.tokenizer
             target = text.normalize(row.target_text) if self.settings.text_frontend else row.target_text
-            state.prompt_text_ids = tokenizer.encode(text.assemble_prompt_text(row.prompt_text))
+            prompt_text = text.assemble_prompt_text(row.prompt_text) if self.family.system_prompt else row.prompt_text
+            state.prompt_text_ids = tokenizer.encode(prompt_text)
             segments = text.split_segments(target, tokenizer, self.segment_tokens)
             pieces = [ids for ids in (tokenizer.encode(s) for s in segments) if ids]
             if not pieces:
@@ -257,7 +261,9 @@ class Engine:
                     continue
                 seg.tokens = [int(t) for t in result.tokens]
                 seg.stop_reason = result.stop_reason
-                seg.flow_tokens = self.model.lm.flow_tokens(seg.tokens)
+                seg.flow_tokens = self.model.lm.flow_tokens(seg.tokens) if self.family.silent_token_rule else seg.tokens
+                if self.family.vocoder_noise:
+                    seg.rng_state = result.generator.get_state()
 
     def _synthesise(self, group: list[_Segment]) -> None:
         """Flow then vocoder for one length bucket of segments; fills `segment.wav`."""
@@ -275,7 +281,7 @@ class Engine:
                 ready.append((seg, mel))
 
         def vocode(items: list[tuple[_Segment, torch.Tensor]]) -> list[torch.Tensor]:
-            return self.model.hift.inference([mel for _, mel in items])
+            return self._vocoder_call([seg for seg, _ in items], [mel for _, mel in items])
 
         for batch in batching.vocoder_batches(ready, device):
             start = time.perf_counter()
@@ -295,6 +301,13 @@ class Engine:
             [p.mel.to(device=device, dtype=dtype) for p in prompts],
             torch.stack([p.embedding for p in prompts]).to(device=device, dtype=dtype),
         )
+
+    def _vocoder_call(self, segments: list[_Segment], mels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The vocoder on `mels`; a family whose vocoder draws noise gets each segment's generator as the LM left it
+        (a fresh copy per call, so a retried batch draws the same noise)."""
+        if not self.family.vocoder_noise:
+            return self.model.hift.inference(mels)
+        return self.model.hift.inference(mels, [torch.Generator().set_state(seg.rng_state) for seg in segments])
 
     # -- accounting --------------------------------------------------------------------------------------------------
 

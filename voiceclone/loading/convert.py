@@ -23,12 +23,12 @@ SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
 SAFETENSORS_DTYPES |= {"I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _copy_resources(src: Path, dst: Path) -> None:
+def _copy_resources(src: Path, dst: Path, family: str) -> None:
     (dst / layout.BLANK_EN).mkdir()
     for name in (*layout.TOKENIZER_FILES, *layout.OPTIONAL_TOKENIZER_FILES):
         if (src / layout.BLANK_EN / name).is_file():
             shutil.copyfile(src / layout.BLANK_EN / name, dst / layout.BLANK_EN / name)
-    for name in layout.ONNX_FILES:
+    for name in layout.onnx_files(family):
         shutil.copyfile(src / name, dst / name)
 
 
@@ -61,7 +61,7 @@ def convert(src: str | Path, dst: str | Path, llm_file: str = "llm.pt", overwrit
         for name, module in networks.items():
             state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
             save_file(state, tmp / f"{name}.safetensors", metadata={"format": "pt", "voiceclone_model_id": model_id})
-        _copy_resources(src_dir, tmp)
+        _copy_resources(src_dir, tmp, config.family)
         (tmp / layout.CONVERTED_CONFIG).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
     try:
@@ -136,7 +136,7 @@ def inspect(path: str | Path, llm_file: str = "llm.pt") -> dict:
         "notes": [],
     }
     problems = report["problems"]
-    names = layout.converted_files() if converted else layout.official_files(llm_file)
+    names = layout.model_files(model_dir, llm_file)
     problems += [f"{name}: missing" for name in names if not (model_dir / name).is_file()]
     for name, file in layout.network_files(converted, llm_file).items():
         weights = model_dir / file

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from voiceclone.errors import ModelError
 from voiceclone.files import first_line
 from voiceclone.loading import hub
+from voiceclone.loading.families import FAMILIES, family
 
 if TYPE_CHECKING:
     import torch
@@ -24,24 +25,28 @@ CONVERTED_CONFIG = "voiceclone.json"
 BLANK_EN = "CosyVoice-BlankEN"
 TOKENIZER_FILES = ("config.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 OPTIONAL_TOKENIZER_FILES = ("generation_config.json",)
-ONNX_FILES = ("campplus.onnx", "speech_tokenizer_v3.onnx")
+CAMPPLUS = "campplus.onnx"
 NETWORKS = ("llm", "flow", "hift")
-FAMILY_YAMLS = {"cosyvoice3.yaml": "cosyvoice3", "cosyvoice2.yaml": "cosyvoice2", "cosyvoice.yaml": "cosyvoice1"}
 
 
 def family_of(model_dir: Path) -> str:
-    """The model family named by the directory's yaml (or converted config); unsupported families raise ModelError."""
+    """The model family named by the directory's yaml (or converted config), the newest first when several are
+    there; CosyVoice1 and folders of no family raise ModelError."""
     converted = model_dir / CONVERTED_CONFIG
     if converted.is_file():
-        return read_converted_json(converted)["config"]["family"]
-    found = [family for name, family in FAMILY_YAMLS.items() if (model_dir / name).is_file()]
-    if "cosyvoice3" in found:
-        return "cosyvoice3"
-    if "cosyvoice2" in found:
-        raise ModelError(f"{model_dir / 'cosyvoice2.yaml'}: CosyVoice2 model directories are not supported yet")
-    if "cosyvoice1" in found:
+        return family(read_converted_json(converted)["config"].get("family")).name
+    for known in FAMILIES.values():
+        if (model_dir / known.yaml).is_file():
+            return known.name
+    if (model_dir / "cosyvoice.yaml").is_file():
         raise ModelError(f"{model_dir / 'cosyvoice.yaml'}: CosyVoice1 model directories are not supported")
-    raise ModelError(f"{model_dir}: not a CosyVoice3 model directory (no cosyvoice3.yaml or {CONVERTED_CONFIG})")
+    yamls = " or ".join(f.yaml for f in FAMILIES.values())
+    raise ModelError(f"{model_dir}: not a CosyVoice3 or CosyVoice2 model directory (no {yamls} or {CONVERTED_CONFIG})")
+
+
+def onnx_files(family_name: str) -> tuple[str, str]:
+    """The front end's ONNX files of a family: CAM++ and its speech tokenizer."""
+    return (CAMPPLUS, family(family_name).speech_tokenizer)
 
 
 def read_json(path: Path) -> dict:
@@ -169,29 +174,36 @@ def model_id_of(model_dir: Path, llm_file: str = "llm.pt") -> str:
         data = read_converted_json(model_dir / CONVERTED_CONFIG)
         if data.get("model_id"):
             return str(data["model_id"])
-        check_files(model_dir, converted_files())
-        return _content_id(model_dir, converted_files())
-    family = family_of(model_dir)
-    check_files(model_dir, official_files(llm_file))
-    return f"{family}-{_content_id(model_dir, official_files(llm_file))}"
+        names = converted_files(family_of(model_dir))
+        check_files(model_dir, names)
+        return _content_id(model_dir, names)
+    name = family_of(model_dir)
+    check_files(model_dir, official_files(llm_file, name))
+    return f"{name}-{_content_id(model_dir, official_files(llm_file, name))}"
 
 
-def official_files(llm_file: str) -> list[str]:
-    """Every file an official folder must hold."""
+def official_files(llm_file: str, family_name: str = "cosyvoice3") -> list[str]:
+    """Every file an official folder of the family must hold."""
     return [
-        "cosyvoice3.yaml",
+        family(family_name).yaml,
         llm_file,
         "flow.pt",
         "hift.pt",
-        *ONNX_FILES,
+        *onnx_files(family_name),
         *(f"{BLANK_EN}/{n}" for n in TOKENIZER_FILES),
     ]
 
 
-def converted_files() -> list[str]:
-    """Every file a converted folder must hold."""
+def converted_files(family_name: str = "cosyvoice3") -> list[str]:
+    """Every file a converted folder of the family must hold."""
     blank = [f"{BLANK_EN}/{n}" for n in TOKENIZER_FILES]
-    return [CONVERTED_CONFIG, *(f"{n}.safetensors" for n in NETWORKS), *ONNX_FILES, *blank]
+    return [CONVERTED_CONFIG, *(f"{n}.safetensors" for n in NETWORKS), *onnx_files(family_name), *blank]
+
+
+def model_files(model_dir: Path, llm_file: str) -> list[str]:
+    """Every file the folder must hold, by its format and family (ModelError for a folder of no family)."""
+    name = family_of(model_dir)
+    return converted_files(name) if is_converted(model_dir) else official_files(llm_file, name)
 
 
 def check_files(model_dir: Path, names: list[str]) -> None:

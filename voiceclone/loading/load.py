@@ -19,22 +19,22 @@ from voiceclone.frontend.prompt import PromptCache, PromptFrontend
 from voiceclone.frontend.text import Tokenizer
 from voiceclone.loading import hub
 from voiceclone.loading.config import ModelConfig, build_networks, converted_config, official_config
+from voiceclone.loading.families import demo_family
 from voiceclone.loading.layout import (
     BLANK_EN,
     CONVERTED_CONFIG,
     check_files,
-    converted_files,
     existing_dir,
-    family_of,
     is_converted,
     load_pt,
     load_safetensors,
+    model_files,
     model_id_of,
     network_files,
-    official_files,
     strip_file_prefix,
 )
 from voiceclone.models.flow import Flow
+from voiceclone.models.flow2 import Flow2
 from voiceclone.models.hift import HiFT
 from voiceclone.models.lm import CosyVoice3LM
 from voiceclone.models.network import StageDtypes, load_assigned
@@ -51,8 +51,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     prompts: PromptCache
     lm: CosyVoice3LM
-    flow: Flow
-    hift: HiFT
+    flow: Flow | Flow2
+    hift: HiFT  # HiFT2 for CosyVoice2
     device: torch.device
     dtypes: StageDtypes
     model_dir: Path
@@ -65,26 +65,26 @@ class LoadedModel:
 
 
 def resolve_model(name: str | Path, allow_download: bool = False) -> Path:
-    """The folder a `--model` value names: `demo` is the cached demo model (built on first use), `ORG/NAME` a hub
-    model from a local cache (downloaded when allowed; else ModelError with the download command), else a path."""
-    if str(name) == "demo":
+    """The folder a `--model` value names: `demo` (`demo-v2`) is the cached CosyVoice3 (CosyVoice2) demo model, built
+    on first use; `ORG/NAME` a hub model from a local cache (downloaded when allowed; else ModelError with the download
+    command); anything else a path."""
+    demo = demo_family(name)
+    if demo is not None:
         from voiceclone.loading.demo import demo_model_dir
 
-        return demo_model_dir()
+        return demo_model_dir(demo.name)
     found = hub.resolve(name, allow_download=allow_download)
     return found.path if found is not None else Path(name).expanduser()
 
 
 def read_states(model_dir: Path, llm_file: str) -> tuple[ModelConfig, States, str]:
     """Config, weight files' tensors (as stored) and model id of an official or converted directory."""
+    check_files(model_dir, model_files(model_dir, llm_file))
     if is_converted(model_dir):
-        check_files(model_dir, converted_files())
         config = converted_config(model_dir / CONVERTED_CONFIG)
         paths = {name: model_dir / file for name, file in network_files(True, llm_file).items()}
         states = {name: (path, load_safetensors(path)) for name, path in paths.items()}
     else:
-        family_of(model_dir)
-        check_files(model_dir, official_files(llm_file))
         paths = {name: model_dir / file for name, file in network_files(False, llm_file).items()}
         states = {name: (path, load_pt(path)) for name, path in paths.items()}
         config = official_config(model_dir, states["llm"][1], paths["llm"])
@@ -135,7 +135,7 @@ def load_model(
     dtype: torch.dtype | StageDtypes = torch.float32,
     llm_file: str = "llm.pt",
 ) -> LoadedModel:
-    """Load an official CosyVoice3 directory or a converted one (see `resolve_model` for `demo`).
+    """Load an official CosyVoice3 or CosyVoice2 directory or a converted one (see `resolve_model` for `demo`).
 
     Each network runs in its `StageDtypes` entry; a single `dtype` is `StageDtypes.of(dtype)` (the LM and flow in it,
     the vocoder in float32). The vocoder's F0 predictor stays float64 and its source float32 whatever its dtype."""
