@@ -1,4 +1,5 @@
-"""Per-stage speed of a CosyVoice3 model against the hardware floors, written as JSON into benchmarks/results/.
+"""Per-stage speed of a CosyVoice3 or CosyVoice2 model against the hardware floors, written as JSON into
+benchmarks/results/.
 
 LLM decode tokens/s at several batch sizes (every row forced to the same length: min_len = max_len), the batch-1
 decode step against the memory-bandwidth floor (weight bytes read per step / measured bandwidth), flow mel frames/s
@@ -66,6 +67,14 @@ def bench_lm(model, prompt, batch_sizes: list[int], steps: int, repeats: int, pr
     return out
 
 
+def estimator_gemm(flow) -> dict[str, int]:
+    """(k, n) of the flow estimator's feed-forward projection, its typical GEMM: the DiT's (CosyVoice3) or the
+    U-Net transformer blocks' (CosyVoice2, 4 x channels)."""
+    if hasattr(flow, "dit"):
+        return {"k": flow.dit.dim, "n": flow.dit.dim * flow.dit.ff_mult}
+    return {"k": flow.estimator.channels, "n": 4 * flow.estimator.channels}
+
+
 def bench_flow(model, prompt, tokens: int, prompt_tokens: int, repeats: int) -> dict:
     """Flow mel frames/s for one row of `tokens` speech tokens after `prompt_tokens` prompt tokens, and its FLOPs
     (counted on the first, warm-up call) against the best measured GEMM rate at the estimator's shape; where its CPU
@@ -84,9 +93,8 @@ def bench_flow(model, prompt, tokens: int, prompt_tokens: int, repeats: int) -> 
         model.flow.inference(*args)
     flops = counter.get_total_flops()
     seconds = best_seconds(lambda: model.flow.inference(*args), device, repeats, warmup=0)
-    dit = model.config.flow.dit
     frames_total = ratio * (tokens + min(prompt_tokens, len(prompt.speech_tokens)))
-    shape = {"m": 2 * frames_total, "k": dit.dim, "n": dit.dim * dit.ff_mult}
+    shape = {"m": 2 * frames_total, **estimator_gemm(model.config.flow)}
     aten = matmul_flops(device, dtype, **shape)
     packed = packed_linear_flops(dtype, **shape) if device.type == "cpu" else 0.0
     gemm = max(aten, packed)

@@ -46,7 +46,7 @@ def v3_config(v3_model_dir: Path) -> ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# CosyVoice2: configs read straight from the yaml (the loader does not know the family yet).
+# CosyVoice2: configs read straight from the yaml, apart from the loader (test_family_v2 checks both agree).
 
 
 @dataclass

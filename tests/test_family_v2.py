@@ -116,3 +116,27 @@ def test_full_v2_config_is_the_release_shape():
     assert config.lm == LMConfig(qwen=Qwen2Config(), extra_tokens=3, decoder_bias=True, sos_task_embedding=True)
     assert (config.flow, config.hift, config.mel.fmax) == (Flow2Config(), HiFTConfig(), 8000.0)
     assert "CausalMaskedDiffWithXvec" in yaml_text(config, demo.DEMO_FORMAT)
+
+
+def test_quickstart_runs_on_demo_v2(tmp_path, monkeypatch):
+    """`voiceclone synth examples/manifest.csv --model demo-v2` and `check-durations` on its output (the dry run and
+    the run take the name like `demo`)."""
+    from typer.testing import CliRunner
+
+    from voiceclone.cli import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    manifest, out = Path(__file__).resolve().parents[1] / "examples" / "manifest.csv", tmp_path / "out"
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    dry = invoke("synth", manifest, "--model", "demo-v2", "--out", out, "--dry-run")
+    assert dry.exit_code == 0 and "model demo-v2;" in dry.output and not out.exists()
+    run = invoke("synth", manifest, "--model", "demo-v2", "--out", out, "--limit", "2", "--batch-size", "2")
+    assert run.exit_code == 0, run.output
+    assert "--model demo-v2 has random weights" in run.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 2 and summary["model_id"].startswith("cosyvoice2-") and summary["hub"] is None
+    check = invoke("check-durations", out, "--quiet")
+    assert check.exit_code == 0, check.output

@@ -153,3 +153,16 @@ def test_default_config_matches_released_v2_key_shapes(v2_released_shapes):
     with torch.device("meta"):
         model = Flow2(Flow2Config())
     assert {k: tuple(v.shape) for k, v in model.official_state_dict().items()} == v2_released_shapes["flow.pt"]
+
+
+def test_unet_flops_equal_counted_matmul_flops(v2_flow):
+    """The estimator's FLOP formula (for the benchmarks) equals torch's count of one call."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet, frames, rows = v2_flow.estimator, 70, 3
+    x = torch.randn(rows, 80, frames, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(rows, frames, dtype=torch.bool)
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        unet(x, mask, x, torch.tensor(0.3), x[:, :, 0], x)  # the math backend shows attention as matmuls
+    assert unet.flops(frames, rows) == counter.get_total_flops()

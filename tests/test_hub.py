@@ -188,7 +188,9 @@ def test_inspect_and_synth_take_a_hub_id(caches, v3_model_dir: Path, tmp_path: P
     assert inspected.exit_code == 0, inspected.output
     info = json.loads(inspected.output)
     assert info["path"] == str(snapshot) and info["family"] == "cosyvoice3" and info["problems"] == []
-    assert info["model_id"] == json.loads(invoke("inspect", v3_model_dir).output)["model_id"]
+    assert info["hub"] == {"repo_id": V3_ID, "source": "hf", "revision": "c" * 40}
+    by_path = json.loads(invoke("inspect", v3_model_dir).output)
+    assert info["model_id"] == by_path["model_id"] and by_path["hub"] is None
     manifest = EXAMPLES / "manifest.csv"
     dry = invoke("synth", manifest, "--model", V3_ID, "--out", tmp_path / "out", "--dry-run")
     assert dry.exit_code == 0, dry.output
@@ -215,3 +217,4 @@ def test_synth_allow_download_fetches_then_runs(caches, v3_model_dir: Path, tmp_
     assert run.exit_code == 0, run.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] == 1 and summary["model"] == V3_ID
+    assert summary["hub"] == {"repo_id": V3_ID, "source": "hf", "revision": "d" * 40}

@@ -33,7 +33,7 @@ from voiceclone.io.report import (
     write_summary,
 )
 from voiceclone.io.subset import Subset
-from voiceclone.loading import layout
+from voiceclone.loading import hub, layout
 from voiceclone.outdir import (
     make_out_dir,
     refuse_dropping_rows,
@@ -291,6 +291,7 @@ def run_synth(
     if opts.owner:
         check_out(mine, chosen, opts)
     model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
+    origin = hub.resolve(opts.model)  # a hub id: found in its cache now (downloaded above when allowed)
     dtypes = rt.dtypes.names()
     plan = plan_run(mine, opts, model_dir, dtypes)
     model = load.load_model(model_dir, rt.device, rt.dtypes, opts.llm_file) if plan.todo else None
@@ -336,6 +337,7 @@ def run_synth(
         if opts.shard is None:
             remove_temp_files(opts.out)
     facts = {
+        "hub": origin.describe() if origin else None,
         "sample_rate": config.sample_rate,
         "token_frame_rate": config.token_frame_rate,
         "device": str(rt.device),
@@ -370,6 +372,7 @@ def finish_run(
         "subset": opts.subset.describe(*counts),
         "model": opts.model,
         "model_id": plan.model_id,
+        "hub": facts.get("hub"),
         "sample_rate": facts["sample_rate"],
         "token_frame_rate": facts["token_frame_rate"],
         "device": facts["device"],

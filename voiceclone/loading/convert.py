@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from voiceclone.errors import ModelError, UsageError
 from voiceclone.files import build_folder
-from voiceclone.loading import layout
+from voiceclone.loading import hub, layout
 
 if TYPE_CHECKING:
     import torch
@@ -120,8 +120,10 @@ def _file_sizes(model_dir: Path) -> dict[str, int]:
 
 def inspect(path: str | Path, llm_file: str = "llm.pt") -> dict:
     """What a model directory holds: family, format, dimensions, per-network parameters and dtypes, files, problems
-    (anything that keeps it from loading) and notes. A folder that is no model of a known family raises ModelError."""
-    model_dir = layout.existing_dir(path)
+    (anything that keeps it from loading) and notes; `hub` names the id, hub and revision a hub id resolved to. A
+    folder that is no model of a known family raises ModelError."""
+    found = hub.resolve(path)
+    model_dir = layout.existing_dir(found.path if found else path)
     family = layout.family_of(model_dir)
     converted = layout.is_converted(model_dir)
     report: dict[str, Any] = {
@@ -129,6 +131,7 @@ def inspect(path: str | Path, llm_file: str = "llm.pt") -> dict:
         "format": "converted" if converted else "official",
         "family": family,
         "model_id": None,
+        "hub": found.describe() if found else None,
         "config": None,
         "networks": {},
         "files": _file_sizes(model_dir),

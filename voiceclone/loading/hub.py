@@ -31,6 +31,10 @@ class HubModel:
     source: str  # HF or MODELSCOPE
     revision: str | None  # HF: the snapshot's commit hash; ModelScope: the `.mv` file's revision, if any
 
+    def describe(self) -> dict[str, str | None]:
+        """The id, hub and revision, as `inspect` and `summary.json` show them (`hub`)."""
+        return {"repo_id": self.repo_id, "source": self.source, "revision": self.revision}
+
 
 def is_hub_id(model: str | Path) -> bool:
     """Whether `model` is `org/name` and not an existing file or folder (relative to the working directory)."""

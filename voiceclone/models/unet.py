@@ -173,6 +173,23 @@ class CausalUNet(nn.Module):
         h = self.final_block(conv(h * mask), mask)
         return self.final_proj(h * mask) * mask
 
+    def flops(self, frames: int, batch: int) -> int:
+        """Matmul FLOPs of one call on `batch` rows of `frames` frames (linears, convs, attention; 2 per MAC),
+        the time embedding included (one row per call, as `forward` computes it)."""
+        c, cfg = self.config.channels, self.config
+        inner, time_dim = cfg.num_heads * cfg.attention_head_dim, cfg.time_embed_dim
+
+        def resnet(channels_in: int) -> int:  # two k3 causal convs and the 1x1 residual, per frame
+            return 3 * channels_in * c + 3 * c * c + channels_in * c
+
+        transformers = (2 + cfg.num_mid_blocks) * cfg.n_blocks
+        per_frame = resnet(cfg.in_channels) + cfg.num_mid_blocks * resnet(c) + resnet(2 * c)
+        per_frame += transformers * (3 * c * inner + inner * c + 8 * c * c)
+        per_frame += 3 * (3 * c * c) + c * cfg.out_channels  # down / up k3 convs, final block, final 1x1 projection
+        attention = transformers * batch * 2 * frames * frames * inner
+        time = cfg.in_channels * time_dim + time_dim * time_dim + (2 + cfg.num_mid_blocks) * time_dim * c
+        return 2 * (batch * frames * per_frame + attention + time)
+
     @staticmethod
     def _transformers(blocks: nn.ModuleList, h: Tensor, visible: Tensor | None) -> Tensor:
         h = h.transpose(1, 2)
