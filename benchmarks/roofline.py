@@ -1,4 +1,4 @@
-"""Roofline projection ON PAPER (not a measurement) of the full-size CosyVoice3 pipeline on four GPUs.
+"""Roofline projection ON PAPER (not a measurement) of the full-size CosyVoice3 (or CosyVoice2) pipeline on four GPUs.
 
 Per stage and batch, FLOPs and bytes moved come from the full-size model's configuration (networks built on the meta
 device: shapes only, no weights), and the projected time is max(FLOPs / peak FLOP/s, bytes / memory bandwidth) with
@@ -7,6 +7,7 @@ left out. The LLM and the flow run in bfloat16 (the CUDA default); the vocoder's
 cuDNN runs on TF32 tensor cores by default.
 
     python benchmarks/roofline.py     # prints the tables; writes benchmarks/results/roofline-projection.json
+    python benchmarks/roofline.py --family cosyvoice2 --out benchmarks/results/roofline-projection-cosyvoice2.json
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from voiceclone.frontend import text
+from voiceclone.loading.config import build_networks
 from voiceclone.loading.demo import model_config
 from voiceclone.models.dit import DiT
-from voiceclone.models.hift import HiFT
-from voiceclone.models.lm import CosyVoice3LM
+from voiceclone.models.unet import CausalUNet
 
 HERE = Path(__file__).resolve().parent
 E2E_RESULTS = HERE / "results" / "e2e-cosyvoice3-full-cpu-avx512.json"
@@ -195,21 +196,29 @@ class ModelCosts:
         return 2 * self.layers * self.kv_heads * self.head_dim * 2  # K and V, bfloat16
 
 
-def model_costs() -> tuple[ModelCosts, DiT]:
-    """Count the full-size model on the meta device; the DiT is returned for its own `flops` formula."""
-    config = model_config("full")
+def model_costs(family: str = "cosyvoice3") -> tuple[ModelCosts, DiT | CausalUNet]:
+    """Count the full-size model on the meta device; the flow's estimator (the DiT, or CosyVoice2's U-Net) is
+    returned for its own `flops` formula."""
+    config = model_config("full", family)
     qwen = config.lm.qwen
     with torch.device("meta"):
-        lm = CosyVoice3LM(config.lm).to(torch.bfloat16)
-        dit = DiT(config.flow.dit).to(torch.bfloat16)
-    hift = HiFT(config.hift, config.flow).to("meta")  # float32, its F0 predictor float64
+        networks = build_networks(config)
+    lm, hift = networks["llm"].to(torch.bfloat16), networks["hift"].to("meta")  # HiFT float32 (F0 pinned)
+    dit = networks["flow"].estimator.to(torch.bfloat16)
     lm_weights = weight_bytes_per_step(lm)
     linears = [m for m in lm.modules() if isinstance(m, nn.Linear)]
     frames = 64
-    x = torch.zeros(1, frames, config.flow.dit.mel_dim, device="meta", dtype=torch.bfloat16)
-    spks = torch.zeros(1, config.flow.dit.spk_dim, device="meta", dtype=torch.bfloat16)
-    modulation = [m[0] for m in dit.modulations(torch.zeros(1, device="meta"))]
-    _, dit_moved = _linear_and_conv_traffic(dit, lambda: dit(x, None, x, modulation, spks, x))
+    if isinstance(dit, DiT):
+        x = torch.zeros(1, frames, config.flow.dit.mel_dim, device="meta", dtype=torch.bfloat16)
+        spks = torch.zeros(1, config.flow.dit.spk_dim, device="meta", dtype=torch.bfloat16)
+        modulation = [m[0] for m in dit.modulations(torch.zeros(1, device="meta"))]
+        _, dit_moved = _linear_and_conv_traffic(dit, lambda: dit(x, None, x, modulation, spks, x))
+    else:
+        x = torch.zeros(1, config.flow.output_size, frames, device="meta", dtype=torch.bfloat16)
+        mask = torch.ones(1, frames, device="meta", dtype=torch.bool)
+        t = torch.zeros((), device="meta")
+        # streaming=True: its chunk mask is built without reading the (meta) padding mask; the traffic is the same
+        _, dit_moved = _linear_and_conv_traffic(dit, lambda: dit(x, mask, x, t, x[:, :, 0], x, True))
     mel = torch.zeros(1, config.hift.in_channels, frames, device="meta")
     stft_frames = frames * config.hift.samples_per_frame // config.hift.istft_hop_len + 1
     source = torch.zeros(1, config.hift.istft_n_fft + 2, stft_frames, device="meta")
@@ -232,7 +241,7 @@ def model_costs() -> tuple[ModelCosts, DiT]:
     return costs, dit
 
 
-def stage_work(costs: ModelCosts, dit: DiT, row: Row, batch: int) -> dict[str, Work]:
+def stage_work(costs: ModelCosts, dit: DiT | CausalUNet, row: Row, batch: int) -> dict[str, Work]:
     """Each stage's work for `batch` copies of `row`: the weights are read once per batch (per step), the rest per row.
 
     Decode is counted at the mean context length (prefix + half the generated tokens); its cost is linear in it."""
@@ -289,7 +298,7 @@ def lever(stage: str, bound: str, row: Row, gpu: GPU) -> str:
     return "the conv stack in bfloat16 (2x the TF32 peak)" if bound == "compute" else "fused Snake activations"
 
 
-def project(costs: ModelCosts, dit: DiT, row: Row, gpu: GPU, batch: int) -> dict:
+def project(costs: ModelCosts, dit: DiT | CausalUNet, row: Row, gpu: GPU, batch: int) -> dict:
     """One GPU, one batch size: per-stage time and bound, total, RTF, and what bounds it."""
     stages = {}
     for name, work in stage_work(costs, dit, row, batch).items():
@@ -350,8 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16, 32])
     parser.add_argument("--long-row-tokens", type=int, default=250, help="speech tokens of the second, longer row")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "roofline-projection.json")
+    parser.add_argument("--family", default="cosyvoice3", choices=["cosyvoice3", "cosyvoice2"])
     args = parser.parse_args(argv)
-    costs, dit = model_costs()
+    costs, dit = model_costs(args.family)
     typical = e2e_row(args.e2e)
     long_row = Row(
         f"{args.long_row_tokens / 25:.0f} s row (same prompt)",
@@ -364,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     projections = [project(costs, dit, row, gpu, b) for row in rows for gpu in GPUS for b in args.batch_sizes]
     result = {
         "label": LABEL,
-        "model": "cosyvoice3 full size (voiceclone.loading.demo.model_config('full')), counted on the meta device",
+        "model": f"{args.family} full size (voiceclone.loading.demo.model_config('full', {args.family!r})), counted "
+        "on the meta device",
         "dtypes": {"llm": "bfloat16", "flow": "bfloat16", "vocoder": "float32 convs on TF32 tensor cores"},
         "costs": asdict(costs),
         "rows": [{**asdict(r), "prefix_tokens": r.prefix_tokens, "audio_seconds": r.audio_seconds} for r in rows],

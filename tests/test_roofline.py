@@ -71,3 +71,22 @@ def test_work_follows_the_model_and_the_row(projection: dict):
             assert p["stages"]["flow"]["flops"] == pytest.approx(16 * single["stages"]["flow"]["flops"])
             assert decode["bytes"] < 1.2 * single["stages"]["llm_decode"]["bytes"]  # the weights dominate
             assert p["rtf"] < single["rtf"]
+
+
+def test_cosyvoice2_projection_counts_the_unet(tmp_path):
+    """`--family cosyvoice2`: the flow stage is 10 steps x CFG 2 of the U-Net's own FLOP formula."""
+    from voiceclone.models.unet import CausalUNet
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "benchmarks"))
+        roofline = importlib.import_module("roofline")
+        out = tmp_path / "projection.json"
+        roofline.main(["--family", "cosyvoice2", "--out", str(out), "--batch-sizes", "1"])
+    projection = json.loads(out.read_text())
+    assert projection["model"].startswith("cosyvoice2 full size")
+    with torch.device("meta"):
+        unet = CausalUNet(model_config("full", "cosyvoice2").flow.estimator)
+    for p in projection["projections"]:
+        row = next(r for r in projection["rows"] if r["name"] == p["row"])
+        frames = 2 * (row["prompt_speech_tokens"] + row["speech_tokens"])
+        assert p["stages"]["flow"]["flops"] == pytest.approx(10 * unet.flops(frames, 2))
