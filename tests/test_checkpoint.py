@@ -137,7 +137,7 @@ def test_cosyvoice1_and_unknown_directories_are_refused_clearly(tmp_path):
     (tmp_path / "v1" / "cosyvoice.yaml").write_text("sample_rate: 22050\n")
     with pytest.raises(ModelError, match="cosyvoice.yaml: CosyVoice1 .*not supported"):
         read_config(tmp_path / "v1")
-    with pytest.raises(ModelError, match="no cosyvoice3.yaml or cosyvoice2.yaml"):
+    with pytest.raises(ModelError, match="no cosyvoice3.yaml, cosyvoice2.yaml or voiceclone.json"):
         read_config(tmp_path)
 
 

@@ -93,7 +93,11 @@ def test_convert_into_an_existing_folder_says_overwrite(v3_model_dir: Path, tmp_
 def test_inspect_exits_3_on_a_folder_that_is_no_model_or_a_problem(v3_model_dir: Path, tmp_path: Path):
     (tmp_path / "notes.txt").write_text("not a model\n")
     result = invoke("inspect", tmp_path)
-    assert result.exit_code == 3 and len(lines(result)) == 1 and "not a CosyVoice3 model directory" in result.output
+    assert (
+        result.exit_code == 3
+        and len(lines(result)) == 1
+        and "not a CosyVoice3 or CosyVoice2 model directory" in result.output
+    )
     model = tmp_path / "cut"
     model.mkdir()
     for path in v3_model_dir.rglob("*"):

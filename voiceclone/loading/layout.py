@@ -40,8 +40,8 @@ def family_of(model_dir: Path) -> str:
             return known.name
     if (model_dir / "cosyvoice.yaml").is_file():
         raise ModelError(f"{model_dir / 'cosyvoice.yaml'}: CosyVoice1 model directories are not supported")
-    yamls = " or ".join(f.yaml for f in FAMILIES.values())
-    raise ModelError(f"{model_dir}: not a CosyVoice3 or CosyVoice2 model directory (no {yamls} or {CONVERTED_CONFIG})")
+    titles, yamls = " or ".join(f.title for f in FAMILIES.values()), ", ".join(f.yaml for f in FAMILIES.values())
+    raise ModelError(f"{model_dir}: not a {titles} model directory (no {yamls} or {CONVERTED_CONFIG})")
 
 
 def onnx_files(family_name: str) -> tuple[str, str]:
