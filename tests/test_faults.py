@@ -205,7 +205,7 @@ def test_a_file_size_limit_fails_the_row_in_one_line_then_resume(tmp_path: Path,
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     [error] = error_lines(proc.stderr)
-    assert re.fullmatch(f"error: the run stopped: cannot write {out}/r0[0-2].wav: file too large; free space .*", error)
+    assert re.fullmatch(f"error: the run stopped: cannot write {out}/r0[0-2].wav: file too large; fix that .*", error)
     rows = [json.loads(line) for line in (out / REPORT_JSONL).read_text().splitlines()]
     assert sorted(row["status"] for row in rows) == ["failed", "skipped", "skipped"]
     resumed = invoke(synth_args(small, out, "--resume"))

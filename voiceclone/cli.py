@@ -15,11 +15,7 @@ import typer
 
 from voiceclone import __version__, interrupts
 from voiceclone.errors import UsageError, VoiceCloneError
-from voiceclone.loading.families import demo_family, family
 from voiceclone.usage import CONFIG_META, EXIT_INTERRUPTED, Command, Group, one_line_errors
-
-DEMO_NOTICE = "note: --model {} has random weights: its audio is noise (durations and files are real)"
-
 
 app = typer.Typer(
     cls=Group,
@@ -27,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    help="Batch zero-shot voice cloning with CosyVoice3 checkpoints.",
+    help="Batch zero-shot voice cloning with CosyVoice3 and CosyVoice2 checkpoints.",
 )
 
 
@@ -96,10 +92,6 @@ def _format_option(value: str | None) -> str | None:
     if value is not None and value not in FORMATS:
         raise typer.BadParameter(f"choose from {', '.join(FORMATS)}")
     return value
-
-
-def _demo_notice(loaded) -> None:
-    typer.echo(DEMO_NOTICE.format(family(loaded.config.family).demo), err=True)
 
 
 @app.command(cls=Command, short_help="Clone the voices of a manifest's rows.")
@@ -187,64 +179,14 @@ def synth(
             return
     except VoiceCloneError as e:
         raise _fail(e) from None
-    _run_synth(rows, opts, quiet, ray_opts)
+    from voiceclone.runner import run_from_cli
 
-
-def _run_synth(rows: list, opts, quiet: bool, ray_opts=None) -> None:
-    """The real run (one process, or this rank of a torchrun job): progress, SIGTERM as Ctrl-C, the closing line,
-    exit 1 when a row failed or was lost with its rank."""
-    from voiceclone.distributed import RankStopped, launch_from_env, run_ranked
-    from voiceclone.progress import progress_for
-    from voiceclone.synth import Interrupted, run_synth
-
-    launch = launch_from_env()
-    quiet = quiet or (launch is not None and launch.rank != 0)  # rank 0 speaks for the job
-    progress = progress_for(quiet)
-    previous = interrupts.install()
     try:
-        on_model = _demo_notice if demo_family(opts.model) and not quiet else (lambda loaded: None)
-        callbacks = {"on_start": progress.start, "on_row": progress.row, "on_model": on_model}
-        if ray_opts is not None:
-            from voiceclone.raybackend import run_ray
-
-            outcome = run_ray(rows, opts, ray_opts, progress.start, progress.row)
-        elif launch is not None:
-            outcome = run_ranked(rows, opts, launch, **callbacks)
-        else:
-            outcome = run_synth(rows, opts, **callbacks)
-    except RankStopped as e:
-        raise typer.Exit(e.exit_code) from None
+        code = run_from_cli(rows, opts, quiet, ray_opts)
     except VoiceCloneError as e:
         raise _fail(e) from None
-    except Interrupted:
-        typer.echo(f"interrupted: finished rows are kept in {opts.out}; run again with --resume to continue", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        progress.close()
-        interrupts.restore(previous)
-    if not quiet:
-        typer.echo(closing_line(outcome.summary, opts.out), err=True)
-    if outcome.stopped:
-        typer.echo(f"error: the run stopped: {outcome.stopped}; free space and run again with --resume", err=True)
-    elif outcome.summary["skipped"]:
-        typer.echo(
-            f"error: {outcome.summary['skipped']} rows were lost with their rank; run again with --resume", err=True
-        )
-    if outcome.failed or outcome.summary["skipped"]:
-        raise typer.Exit(1)
-
-
-def closing_line(s: dict, out: Path) -> str:
-    """`done: ...`: the counts and audio of every row in the report, its RTF, and this run's wall time."""
-    rtf = "-" if s["rtf"] is None else f"{s['rtf']:.2f}"
-    subset = f" (a subset: {s['subset']['rows']} of {s['subset']['of']} rows)" if s.get("subset") else ""
-    return (
-        f"done: {s['ok']} ok, {s['failed']} failed, {s['reused']} kept from an earlier run{subset}; "
-        f"{s['audio_seconds']:.1f} s audio, RTF {rtf}; {s['wall_seconds']:.1f} s wall -> {out}"
-    )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("merge-reports", cls=Command, short_help="Merge the shard reports of --shard runs into one report.")

@@ -52,5 +52,5 @@ def reports_error(out: Path, rows: list[ReportRow], exc: OSError) -> OutputError
     finished = sum(row.status == "ok" for row in rows)
     return OutputError(
         f"{out}: cannot write the reports ({error_text(exc)}); {finished} finished rows are kept: "
-        "free space and run again with --resume"
+        "fix that and run again with --resume"
     )
