@@ -160,7 +160,7 @@ def test_speech_token_digest_is_sha256_of_the_decimal_ids():
 
 
 def test_longest_token_run():
-    from voiceclone.synth import longest_run
+    from voiceclone.io.report import longest_run
 
     assert longest_run([]) == 0 and longest_run([5]) == 1
     assert longest_run([1, 2, 2, 3, 3, 3, 2]) == 3 and longest_run([7] * 40 + [1]) == 40

@@ -25,6 +25,7 @@ from voiceclone.io.manifest import Row, resolve
 from voiceclone.io.report import (
     JOURNAL,
     ReportRow,
+    longest_run,
     report_jsonl_text,
     row_fingerprint,
     speech_token_digest,
@@ -185,15 +186,6 @@ def plan_run(rows: list[Row], opts: SynthOptions, model_dir: Path, dtypes: dict[
     }
     kept = reusable_rows(opts.out, fingerprints) if opts.resume else {}
     return Plan(rows, fingerprints, kept, [row for row in rows if row.id not in kept], model_id)
-
-
-def longest_run(tokens: list[int]) -> int:
-    """Length of the longest run of one repeated token (runaway generations repeat a token)."""
-    best = run = 0
-    for index, token in enumerate(tokens):
-        run = run + 1 if index and token == tokens[index - 1] else 1
-        best = max(best, run)
-    return best
 
 
 def report_row(

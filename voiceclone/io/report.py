@@ -100,6 +100,15 @@ def speech_token_digest(tokens: Iterable[int]) -> str:
     return hashlib.sha256(",".join(str(int(t)) for t in tokens).encode("ascii")).hexdigest()
 
 
+def longest_run(tokens: list[int]) -> int:
+    """Length of the longest run of one repeated token (runaway generations repeat a token)."""
+    best = run = 0
+    for index, token in enumerate(tokens):
+        run = run + 1 if index and token == tokens[index - 1] else 1
+        best = max(best, run)
+    return best
+
+
 def row_json(row: ReportRow) -> str:
     """One report row as strict JSON (no NaN or Infinity: the engine fails a row whose output is not finite)."""
     return json.dumps(row.to_dict(), ensure_ascii=False, allow_nan=False)
