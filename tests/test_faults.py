@@ -237,7 +237,7 @@ def test_an_unwritable_out_is_one_line_and_exit_2(tmp_path: Path):
     assert "Traceback" not in proc.stderr and os.listdir(out) == []
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 1.0])
 def test_sigterm_in_the_first_second_exits_130(tmp_path: Path, reference_run, delay: float):
     manifest, _, _ = reference_run
     proc = subprocess.Popen(

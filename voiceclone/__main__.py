@@ -7,8 +7,10 @@ from voiceclone import interrupts
 interrupts.install()
 try:
     from voiceclone.cli import main
-except KeyboardInterrupt:
+except BaseException:  # a signal can surface as another error (Python wraps it in __set_name__, for one)
+    if not interrupts.requested():
+        raise
     sys.stderr.write("interrupted\n")
-    sys.exit(130)
+    interrupts.exit_now(130)
 
 main()

@@ -356,6 +356,12 @@ def main() -> None:
     interrupts.install()
     try:
         app()
-    except KeyboardInterrupt:
+    except SystemExit:
+        if interrupts.requested():  # the command has written what it keeps; exit 130, never -2 (see exit_now)
+            interrupts.exit_now(EXIT_INTERRUPTED)
+        raise
+    except BaseException:  # KeyboardInterrupt, or a signal Python wrapped in another error while importing
+        if not interrupts.requested():
+            raise
         typer.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        interrupts.exit_now(EXIT_INTERRUPTED)

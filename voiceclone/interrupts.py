@@ -5,7 +5,10 @@ KeyboardInterrupt was not raised (in a finaliser)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _state = {"requested": False}
@@ -50,3 +53,12 @@ def restore(previous: dict) -> None:
     for sig, handler in previous.items():
         if handler is not interrupt_once:
             signal.signal(sig, handler)
+
+
+def exit_now(code: int) -> None:
+    """Flush and end the process with `code`. After a KeyboardInterrupt, even a caught one, CPython may end its exit
+    by killing itself with SIGINT (status -2 seen here, not 130), so an interrupted command exits here."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
