@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ def run_ray(
     model_dir = load.resolve_model(opts.model, allow_download=opts.allow_download)
     if not ray.is_initialized():
         ray.init(address=ray_opts.address, log_to_driver=False, configure_logging=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress line speaks for the run, not Ray's INFO
     cpus = 0 if ray_opts.gpus_per_worker else (opts.threads or 1)
     probe = ray.remote(num_cpus=cpus, num_gpus=ray_opts.gpus_per_worker)(worker_dtypes)
     dtypes = ray.get(probe.remote(opts.device, opts.dtype, opts.attention))
@@ -137,7 +139,7 @@ def run_ray(
                 SynthActor,
                 fn_constructor_kwargs={"opts": opts, "model_dir": str(model_dir)},
                 batch_size=opts.batch_size,
-                concurrency=ray_opts.workers,
+                compute=ray.data.ActorPoolStrategy(size=ray_opts.workers),
                 num_cpus=cpus,
                 num_gpus=ray_opts.gpus_per_worker,
             )
